@@ -76,6 +76,7 @@ class _EpochBuffer:
     """Values of one metric in the current epoch, folded on device when the list grows."""
 
     reduce: str
+    to_logger: bool
     values: list[torch.Tensor | float] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
     folded: torch.Tensor | None = None
@@ -126,15 +127,20 @@ class MetricCollector:
         self.stage = "train"
         self.step = 0
         self.enabled = True
+        self.dataloader_suffix = ""
         self._batch: Any = None
         self._batch_size: int | None = None
         self._specs: dict[str, _Spec] = {}
         self._latest: dict[str, torch.Tensor | float] = {}
         self._pending: list[tuple[int, str, torch.Tensor | float]] = []
-        self._epoch: dict[str, _EpochBuffer] = {}
+        self._epoch: dict[str, dict[str, _EpochBuffer]] = {}
         self._epoch_values: dict[str, float] = {}
 
     # -- called by the Trainer -----------------------------------------------------------
+
+    def set_stage(self, stage: str) -> None:
+        """"train", "validate", "test" or "predict": decides on_step/on_epoch defaults."""
+        self.stage = stage
 
     def set_batch(self, batch: Any) -> None:
         """Remember the batch so a weighted mean can infer its size only if needed."""
@@ -142,18 +148,16 @@ class MetricCollector:
         self._batch_size = None
 
     def begin_epoch(self, stage: str) -> None:
-        self.stage = stage
-        self._epoch = {}
+        self._epoch[stage] = {}
 
-    def end_epoch(self) -> dict[str, float]:
-        """Reduce this epoch's on_epoch values; returns them as floats (one sync)."""
-        names = [n for n, buf in self._epoch.items() if buf.values or buf.folded is not None]
-        results = [self._epoch[n].result() for n in names]
-        floats = materialise(r for r in results if r is not None)
-        out = dict(zip([n for n, r in zip(names, results) if r is not None], floats))
-        self._epoch = {}
+    def end_epoch(self, stage: str) -> tuple[dict[str, float], dict[str, float]]:
+        """Reduce ``stage``'s on_epoch values to floats (one sync): (all, those for loggers)."""
+        buffers = self._epoch.pop(stage, {})
+        results = {name: buf.result() for name, buf in buffers.items()}
+        results = {name: r for name, r in results.items() if r is not None}
+        out = dict(zip(results.keys(), materialise(results.values())))
         self._epoch_values.update(out)
-        return out
+        return out, {name: v for name, v in out.items() if buffers[name].to_logger}
 
     def flush(self) -> list[StepRecord]:
         """Materialise the step values waiting for the loggers, grouped by step."""
@@ -168,8 +172,13 @@ class MetricCollector:
 
     def latest(self, keys: Iterable[str] | None = None) -> dict[str, float]:
         """The newest step values (all, or ``keys``) as floats, plus finished epoch values."""
-        wanted = self._latest if keys is None else {k: self._latest[k] for k in keys if k in self._latest}
-        out = dict(self._epoch_values)
+        if keys is None:
+            out = dict(self._epoch_values)
+            wanted = self._latest
+        else:
+            keys = list(keys)
+            out = {k: self._epoch_values[k] for k in keys if k in self._epoch_values}
+            wanted = {k: self._latest[k] for k in keys if k in self._latest}
         out.update(zip(wanted.keys(), materialise(wanted.values())))
         return out
 
@@ -182,9 +191,6 @@ class MetricCollector:
                 else:
                     keys.append(name)
         return keys
-
-    def reset_epoch_values(self) -> None:
-        self._epoch_values = {}
 
     # -- called from Module.log ----------------------------------------------------------
 
@@ -223,18 +229,18 @@ class MetricCollector:
             )
         scalar = _as_scalar(name, value)
         both = spec.on_step and spec.on_epoch
+        name += self.dataloader_suffix
         if spec.on_step:
             key = f"{name}_step" if both else name
             self._latest[key] = scalar
-            if self.stage != "train":
-                self._latest[name] = scalar
             if spec.logger and (self.stage != "train" or self.step % self.log_every_n_steps == 0):
                 self._pending.append((self.step, key, scalar))
         if spec.on_epoch:
             key = f"{name}_epoch" if both else name
-            buf = self._epoch.get(key)
+            buffers = self._epoch.setdefault(self.stage, {})
+            buf = buffers.get(key)
             if buf is None:
-                buf = self._epoch[key] = _EpochBuffer(spec.reduce)
+                buf = buffers[key] = _EpochBuffer(spec.reduce, spec.logger)
             weight = 1.0
             if spec.reduce == "mean":
                 weight = float(batch_size) if batch_size is not None else float(self._infer_batch_size())

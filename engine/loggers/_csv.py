@@ -46,8 +46,9 @@ class CSVLogger(Logger):
 
     def bind(self, run_dir: Path) -> None:
         """Default the output directory to ``run_dir / "csv"``."""
-        if self._save_dir is None:
+        if self._save_dir is None and self._dir != Path(run_dir) / "csv":
             self._dir = Path(run_dir) / "csv"
+            self._header = None
 
     @property
     def log_dir(self) -> Path | None:
@@ -67,6 +68,7 @@ class CSVLogger(Logger):
         os.replace(tmp, path)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        self._require_dir()
         if _STEP in metrics:
             raise MetricError(
                 f"CSVLogger cannot log a metric named {_STEP!r}: it is the step column. "
@@ -86,8 +88,7 @@ class CSVLogger(Logger):
         if self._header is None:
             self._header = _read_header(path)
         header = _widen(self._header or [_STEP], self._pending)
-        truncate = self._resume_step is not None
-        if header != self._header or truncate:
+        if header != self._header or self._resume_step is not None:
             _rewrite(path, header, self._pending, self._resume_step)
         else:
             _append(path, header, self._pending)

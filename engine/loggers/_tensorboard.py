@@ -45,7 +45,8 @@ class TensorBoardLogger(Logger):
     ) -> None:
         if isinstance(flush_secs, bool) or not isinstance(flush_secs, (int, float)) or not flush_secs > 0:
             raise ConfigError(
-                f"TensorBoardLogger(flush_secs={flush_secs!r}) must be a positive number of seconds."
+                f"TensorBoardLogger(flush_secs={flush_secs!r}) must be a positive number of "
+                "seconds between writes of buffered events to disk."
             )
         self._save_dir = Path(save_dir) if save_dir is not None else None
         self._dir = self._save_dir
@@ -80,14 +81,16 @@ class TensorBoardLogger(Logger):
         self._last_step = int(step) if self._last_step is None else max(self._last_step, int(step))
 
     def log_graph(self, model: Any, example_input: Any) -> None:
-        """Trace ``model`` on ``example_input`` when created with ``log_graph=True``; warn once on failure."""
+        """Trace ``model`` on ``example_input`` if enabled; a failed trace warns once, never raises."""
         if not self._log_graph or example_input is None:
             return
         writer = self._get_writer()
         captured = io.StringIO()
         try:
             with warnings.catch_warnings(), contextlib.redirect_stdout(captured):
-                warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace", category=DeprecationWarning)
+                warnings.filterwarnings(
+                    "ignore", message=r"`torch\.jit\.trace", category=DeprecationWarning
+                )
                 writer.add_graph(model, example_input)
         except Exception as exc:
             if not self._graph_warned:

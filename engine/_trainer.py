@@ -1,0 +1,685 @@
+"""Trainer: runs fit / validate / test / predict for a Module.
+
+The training path reads top to bottom in ``fit`` → ``_run_train_epoch`` →
+``_train_batch`` → ``_optimizer_step``. The metrics path is ``engine._metrics`` plus
+``_publish_metrics`` here; the checkpoint path is ``_checkpoint_state`` /
+``_restore`` here plus ``engine._checkpoint_io``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from engine._accelerator import choose_device, move_to_device
+from engine._announce import log
+from engine._checkpoint_io import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from engine._config import TrainerConfig
+from engine._data import batch_limit, resolve_loaders
+from engine._errors import CheckpointError, ConfigError, ModuleError, NonFiniteLossError
+from engine._hooks import HookDispatcher
+from engine._loop_state import LoopState
+from engine._metrics import MetricCollector, materialise
+from engine._module import Module
+from engine._optim import LRSchedulerConfig, parse_optimizers
+from engine._precision import Precision
+from engine._run_dir import choose_run_dir
+from engine._seed import enable_determinism, seed_everything
+from engine.callbacks._base import Callback
+
+__all__ = ["Trainer"]
+
+_FLUSH_INTERVAL_S = 0.25
+
+
+class Trainer:
+    """Runs the loops; everything configurable is a keyword argument (see TrainerConfig)."""
+
+    def __init__(
+        self,
+        *,
+        callbacks: list[Callback] | Callback | None = None,
+        logger: Any = None,
+        loggers: Any = None,
+        **settings: Any,
+    ) -> None:
+        try:
+            self.config = TrainerConfig(**settings)
+        except TypeError as exc:
+            raise ConfigError(f"Trainer got an unknown argument: {exc}") from None
+        if logger is not None and loggers is not None:
+            raise ConfigError("pass either logger= or loggers=, not both")
+        self._user_callbacks = [callbacks] if isinstance(callbacks, Callback) else list(callbacks or [])
+        self._logger_arg = loggers if loggers is not None else logger
+        self.global_rank = int(os.environ.get("RANK", 0))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
+        self.loop = LoopState()
+        self.should_stop = False
+        self.sanity_checking = False
+        self.stage: str | None = None
+        self.callbacks: list[Callback] = []
+        self.loggers: list[Any] = []
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self.lr_scheduler_configs: list[LRSchedulerConfig] = []
+        self.logged_metrics: dict[str, torch.Tensor] = {}
+        self.module: Module | None = None
+        self.datamodule: Any = None
+        self.run_dir: Path | None = None
+        self._metrics = MetricCollector(self.config.log_every_n_steps)
+        self._precision: Precision | None = None
+        self._device = torch.device("cpu")
+        self._announced = False
+        self._loss_log: list[tuple[int, torch.Tensor]] = []
+        self._fit_start_time = 0.0
+
+    # -- attributes users reach for ------------------------------------------------------
+
+    @property
+    def current_epoch(self) -> int:
+        return self.loop.epoch
+
+    @property
+    def global_step(self) -> int:
+        return self.loop.global_step
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.global_rank == 0
+
+    @property
+    def lr_schedulers(self) -> list[Any]:
+        return [c.scheduler for c in self.lr_scheduler_configs]
+
+    @property
+    def callback_metrics(self) -> dict[str, torch.Tensor]:
+        """Latest value of every logged metric, as CPU tensors (materialises pending values)."""
+        return {k: torch.tensor(v) for k, v in self._metrics.latest().items()}
+
+    @property
+    def progress_bar_metrics(self) -> dict[str, float]:
+        return self._metrics.latest(self._metrics.progress_keys())
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def num_training_batches(self) -> float:
+        return self._num_train_batches
+
+    @property
+    def checkpoint_callbacks(self) -> list[Any]:
+        from engine.callbacks import ModelCheckpoint
+
+        return [cb for cb in self.callbacks if isinstance(cb, ModelCheckpoint)]
+
+    @property
+    def checkpoint_callback(self) -> Any:
+        found = self.checkpoint_callbacks
+        return found[0] if found else None
+
+    @property
+    def log_dir(self) -> Path | None:
+        return self.run_dir
+
+    # -- the four entry points -----------------------------------------------------------
+
+    def fit(
+        self,
+        module: Module,
+        train_dataloaders: Any = None,
+        val_dataloaders: Any = None,
+        datamodule: Any = None,
+        ckpt_path: str | Path | None = None,
+    ) -> None:
+        """Train ``module`` until max_epochs / max_steps / max_time or a stop request."""
+        with self._session(module, "fit", datamodule):
+            self._train_loaders = resolve_loaders("fit", train_dataloaders, datamodule, module)
+            if not self._train_loaders:
+                raise ModuleError("fit needs training data: pass train_dataloaders, a datamodule, "
+                                  "or define train_dataloader() on the module")
+            self._val_loaders = resolve_loaders("validate", val_dataloaders, datamodule, module)
+            self._setup_optimizers(module)
+            self._num_train_batches = batch_limit(self._train_loaders[0], self.config.limit_train_batches,
+                                                  "limit_train_batches")
+            if ckpt_path is not None:
+                self._restore(ckpt_path)
+            self._announce_fit(module)
+            self._start_loggers(module)
+            self._hooks("on_fit_start")
+            self._run_sanity_check()
+            self._hooks("on_train_start")
+            while not self._fit_done():
+                self._run_train_epoch()
+            self._hooks("on_train_end")
+            self._hooks("on_fit_end")
+
+    def validate(self, module: Module, dataloaders: Any = None, datamodule: Any = None,
+                 ckpt_path: str | Path | None = None) -> list[dict[str, float]]:
+        """Run one pass over the validation data; returns the epoch metrics per dataloader."""
+        return self._evaluate(module, "validate", dataloaders, datamodule, ckpt_path)
+
+    def test(self, module: Module, dataloaders: Any = None, datamodule: Any = None,
+             ckpt_path: str | Path | None = None) -> list[dict[str, float]]:
+        """Run one pass over the test data; returns the epoch metrics per dataloader."""
+        return self._evaluate(module, "test", dataloaders, datamodule, ckpt_path)
+
+    def predict(self, module: Module, dataloaders: Any = None, datamodule: Any = None,
+                ckpt_path: str | Path | None = None) -> list[Any]:
+        """Outputs of ``predict_step`` for every batch (a list per dataloader if several)."""
+        with self._session(module, "predict", datamodule):
+            loaders = self._require_loaders("predict", dataloaders, datamodule, module)
+            if ckpt_path is not None:
+                self._restore(ckpt_path, weights_only=True)
+            self._announce_start(module)
+            outputs = self._run_eval_loop("predict", loaders, self.config.limit_predict_batches, collect=True)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def _evaluate(self, module: Module, stage: str, dataloaders: Any, datamodule: Any,
+                  ckpt_path: str | Path | None) -> list[dict[str, float]]:
+        with self._session(module, stage, datamodule):
+            loaders = self._require_loaders(stage, dataloaders, datamodule, module)
+            if ckpt_path is not None:
+                self._restore(ckpt_path, weights_only=True)
+            self._announce_start(module)
+            limit = self.config.limit_val_batches if stage == "validate" else self.config.limit_test_batches
+            results = self._run_eval_loop(stage, loaders, limit)
+        for i, values in enumerate(results):
+            text = "  ".join(f"{k} {v:.6g}" for k, v in values.items()) or "nothing logged"
+            log.info(f"{stage} results{f' (dataloader {i})' if len(results) > 1 else ''}: {text}")
+        return results
+
+    def _require_loaders(self, stage: str, explicit: Any, datamodule: Any, module: Module) -> list[Any]:
+        loaders = resolve_loaders(stage, explicit, datamodule, module)
+        if not loaders:
+            method = {"validate": "val_dataloader", "test": "test_dataloader",
+                      "predict": "predict_dataloader"}[stage]
+            raise ModuleError(f"{stage} needs data: pass dataloaders, or define {method}()")
+        return loaders
+
+    # -- session: set-up and tear-down shared by all entry points ------------------------
+
+    @contextlib.contextmanager
+    def _session(self, module: Module, stage: str, datamodule: Any) -> Iterator[None]:
+        if not isinstance(module, Module):
+            raise ModuleError(f"expected an engine.Module, got {type(module).__name__}; "
+                              "subclass engine.Module instead of nn.Module")
+        self.stage, self.module, self.datamodule = stage, module, datamodule
+        self.should_stop = False
+        if self.config.seed is not None:
+            seed_everything(self.config.seed)
+        if self.config.deterministic:
+            enable_determinism()
+        choice = choose_device(self.config.accelerator, self.config.devices, self.local_rank)
+        self._device, self._device_reason = choice.device, choice.reason
+        self._precision = Precision(self.config.precision, self._device)
+        module._trainer = self
+        module.to(self._device)
+        self.callbacks = self._build_callbacks(module, stage)
+        self._hooks = HookDispatcher(self, module, self.callbacks)
+        self.loggers = self._build_loggers(stage)
+        setup_stage = "validate" if stage == "validate" else stage
+        if datamodule is not None:
+            datamodule.prepare_data()
+            datamodule.setup(setup_stage)
+        self._hooks("setup", setup_stage)
+        status = "success"
+        try:
+            yield
+        except KeyboardInterrupt:
+            status = "interrupted"
+            log.warning("interrupted by the user (Ctrl-C); finishing cleanly")
+        except BaseException as exc:
+            status = "failed"
+            self._hooks.callbacks("on_exception", exc)
+            raise
+        finally:
+            try:
+                self._publish_metrics()
+            except NonFiniteLossError:
+                if status == "success":
+                    raise
+            finally:
+                final = self._metrics.latest() if status != "failed" else {}
+                for logger in self.loggers:
+                    logger.finalize(status, final)
+                self._hooks("teardown", setup_stage)
+                if datamodule is not None:
+                    datamodule.teardown(setup_stage)
+                self.stage = None
+
+    def _build_callbacks(self, module: Module, stage: str) -> list[Callback]:
+        from engine.callbacks import ModelCheckpoint, ProgressBar
+
+        callbacks = list(self._user_callbacks) + list(module.configure_callbacks() or [])
+        if stage == "fit" and self.config.enable_checkpointing and not self.config.fast_dev_run \
+                and not any(isinstance(cb, ModelCheckpoint) for cb in callbacks):
+            callbacks.append(ModelCheckpoint())
+        if self.config.enable_progress_bar and not any(isinstance(cb, ProgressBar) for cb in callbacks):
+            callbacks.insert(0, ProgressBar())
+        checkpoints = [cb for cb in callbacks if isinstance(cb, ModelCheckpoint)]
+        return [cb for cb in callbacks if not isinstance(cb, ModelCheckpoint)] + checkpoints
+
+    def _build_loggers(self, stage: str) -> list[Any]:
+        from engine.loggers import JSONLinesLogger, Logger, TensorBoardLogger
+
+        arg = self._logger_arg
+        if arg is False or self.config.fast_dev_run or not self.is_global_zero:
+            loggers: list[Any] = []
+        elif arg is None or arg is True:
+            loggers = [JSONLinesLogger(), TensorBoardLogger()] if stage == "fit" else [JSONLinesLogger()]
+        else:
+            loggers = list(arg) if isinstance(arg, (list, tuple)) else [arg]
+            bad = [type(x).__name__ for x in loggers if not isinstance(x, Logger)]
+            if bad:
+                raise ConfigError(f"loggers must be engine.loggers.Logger instances; got {bad}")
+        if self.run_dir is None and (loggers or stage == "fit"):
+            self.run_dir = choose_run_dir(self.config.default_root_dir, self.config.name)
+        for logger in loggers:
+            logger.bind(self.run_dir)
+        return loggers
+
+    def _setup_optimizers(self, module: Module) -> None:
+        self.optimizers, self.lr_scheduler_configs = parse_optimizers(module.configure_optimizers())
+        if module.automatic_optimization and len(self.optimizers) > 1:
+            raise ModuleError(
+                f"configure_optimizers returned {len(self.optimizers)} optimizers; with several optimizers "
+                "set `self.automatic_optimization = False` in __init__ and step them yourself in training_step"
+            )
+        if not module.automatic_optimization and self._precision.scaler is not None:
+            raise ConfigError("precision='16-mixed' with manual optimization is not supported; "
+                              "use 'bf16-mixed' or automatic optimization")
+
+    # -- the training loop ---------------------------------------------------------------
+
+    def _fit_done(self) -> bool:
+        c = self.config
+        return (self.should_stop
+                or (c.max_epochs is not None and self.loop.epoch >= c.max_epochs)
+                or (c.max_steps is not None and self.loop.global_step >= c.max_steps)
+                or self._time_up())
+
+    def _time_up(self) -> bool:
+        limit = self.config.max_time_s
+        return limit is not None and time.monotonic() - self._fit_start_time >= limit
+
+    def _run_train_epoch(self) -> None:
+        module = self.module
+        self._metrics.set_stage("train")
+        self._metrics.begin_epoch("train")
+        self._hooks("on_train_epoch_start")
+        module.train()
+        loader = self._train_loaders[0]
+        self._set_sampler_epoch(loader)
+        skip = self.loop.batches_done
+        for batch_idx, batch in enumerate(loader):
+            if batch_idx < skip:
+                continue
+            if batch_idx >= self._num_train_batches:
+                break
+            if self._train_batch(batch, batch_idx) == -1:
+                break
+            self.loop.batch_done(batch_idx)
+            if time.monotonic() >= self._next_flush:
+                self._publish_metrics()
+            if self._should_validate(batch_idx):
+                self._run_validation()
+            if self.should_stop or self._steps_reached() or self._time_up():
+                break
+        if self._accumulated:
+            self._optimizer_step()
+        self._end_train_epoch()
+
+    def _train_batch(self, batch: Any, batch_idx: int) -> int | None:
+        module = self.module
+        batch = move_to_device(batch, self._device)
+        self._metrics.set_batch(batch)
+        if self._hooks("on_train_batch_start", batch, batch_idx) == -1:
+            return -1
+        if not module.automatic_optimization:
+            with self._precision.autocast():
+                outputs = module.training_step(batch, batch_idx)
+            self.loop.global_step += 1
+            self._metrics.step = self.loop.global_step
+            self._hooks("on_train_batch_end", outputs, batch, batch_idx)
+            return None
+        with self._precision.autocast():
+            outputs = module.training_step(batch, batch_idx)
+        loss = self._loss_from(outputs)
+        if self.config.on_nonfinite_loss == "skip" and not bool(torch.isfinite(loss)):
+            log.warning(f"non-finite loss at step {self.loop.global_step} (batch {batch_idx}); step skipped")
+            self._hooks("on_train_batch_end", outputs, batch, batch_idx)
+            return None
+        self._loss_log.append((self.loop.global_step, loss.detach()))
+        if self.config.accumulate_grad_batches > 1:
+            loss = loss / self.config.accumulate_grad_batches
+        self._hooks("on_before_backward", loss)
+        self._precision.backward(loss)
+        self._hooks("on_after_backward")
+        self._accumulated += 1
+        if self._accumulated == self.config.accumulate_grad_batches or batch_idx + 1 == self._num_train_batches:
+            self._optimizer_step()
+        self._hooks("on_train_batch_end", outputs, batch, batch_idx)
+        return None
+
+    def _loss_from(self, outputs: Any) -> torch.Tensor:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if not isinstance(loss, torch.Tensor):
+            got = "None" if outputs is None else type(outputs).__name__
+            raise ModuleError(
+                f"training_step returned {got}; return the loss tensor or a dict with a 'loss' tensor "
+                "(to end an epoch early, return -1 from on_train_batch_start)"
+            )
+        if loss.numel() != 1:
+            raise ModuleError(f"training_step returned a loss of shape {tuple(loss.shape)}; reduce it to a "
+                              "scalar (e.g. loss.mean())")
+        if not loss.requires_grad:
+            raise ModuleError("the loss returned by training_step does not require grad; was it computed "
+                              "under torch.no_grad() or detached?")
+        return loss
+
+    def _optimizer_step(self) -> None:
+        optimizer = self.optimizers[0]
+        self._precision.unscale(optimizer)
+        self._hooks("on_before_optimizer_step", optimizer)
+        self._clip_gradients(optimizer)
+        self._precision.step(optimizer)
+        self._hooks("on_before_zero_grad", optimizer)
+        optimizer.zero_grad(set_to_none=True)
+        self._accumulated = 0
+        self.loop.global_step += 1
+        self._metrics.step = self.loop.global_step
+        self._step_schedulers("step")
+
+    def _clip_gradients(self, optimizer: torch.optim.Optimizer) -> None:
+        value = self.config.gradient_clip_val
+        if value is None:
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if self.config.gradient_clip_algorithm == "norm":
+            torch.nn.utils.clip_grad_norm_(params, value)
+        else:
+            torch.nn.utils.clip_grad_value_(params, value)
+
+    def _step_schedulers(self, interval: str) -> None:
+        counter = self.loop.global_step if interval == "step" else self.loop.epoch + 1
+        for config in self.lr_scheduler_configs:
+            if config.interval != interval or counter % config.frequency:
+                continue
+            if config.reduce_on_plateau:
+                metrics = self._metrics.latest([config.monitor])
+                if config.monitor not in metrics:
+                    if config.strict:
+                        raise ModuleError(
+                            f"ReduceLROnPlateau monitors {config.monitor!r}, which was not logged; "
+                            f"logged metrics: {sorted(self._metrics.latest())}"
+                        )
+                    continue
+                config.scheduler.step(metrics[config.monitor])
+            else:
+                config.scheduler.step()
+
+    def _steps_reached(self) -> bool:
+        return self.config.max_steps is not None and self.loop.global_step >= self.config.max_steps
+
+    def _end_train_epoch(self) -> None:
+        self._hooks.module("on_train_epoch_end")
+        self._publish_metrics()
+        self._publish_epoch_metrics("train")
+        self.loop.epoch_finished = True
+        self._hooks.callbacks("on_train_epoch_end")
+        self._step_schedulers("epoch")
+        self.loop.next_epoch()
+
+    def _should_validate(self, batch_idx: int) -> bool:
+        if not self._val_loaders or self.config.limit_val_batches == 0:
+            return False
+        every = self.config.check_val_every_n_epoch
+        if every is not None and (self.loop.epoch + 1) % every:
+            return False
+        interval = self.config.val_check_interval
+        done = batch_idx + 1
+        last = done == self._num_train_batches
+        if isinstance(interval, float):
+            if math.isinf(self._num_train_batches):
+                return False
+            period = max(1, int(self._num_train_batches * interval))
+            return done % period == 0 or (last and interval == 1.0)
+        if every is None:
+            return self.loop.total_batches % interval == 0
+        return done % interval == 0
+
+    def _set_sampler_epoch(self, loader: Any) -> None:
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.loop.epoch)
+
+    # -- validation, test, predict ------------------------------------------------------
+
+    def _run_sanity_check(self) -> None:
+        steps = self.config.num_sanity_val_steps
+        if not self._val_loaders or steps == 0 or self.config.limit_val_batches == 0:
+            return
+        self.sanity_checking = True
+        self._metrics.enabled = False
+        self._hooks.callbacks("on_sanity_check_start")
+        try:
+            limit = self.config.limit_val_batches if steps == -1 else steps
+            self._eval_batches("validate", self._val_loaders, limit, collect=False)
+        finally:
+            self._metrics.enabled = True
+            self.sanity_checking = False
+        self._hooks.callbacks("on_sanity_check_end")
+
+    def _run_validation(self) -> None:
+        self._publish_metrics()
+        self._run_eval_loop("validate", self._val_loaders, self.config.limit_val_batches)
+        self._metrics.set_stage("train")
+        self.module.train()
+
+    def _run_eval_loop(self, stage: str, loaders: list[Any], limit: int | float,
+                       collect: bool = False) -> list[Any]:
+        hook = {"validate": "validation", "test": "test", "predict": "predict"}[stage]
+        self._metrics.set_stage(stage)
+        self._metrics.begin_epoch(stage)
+        self._hooks(f"on_{hook}_start")
+        self._hooks(f"on_{hook}_epoch_start")
+        outputs = self._eval_batches(stage, loaders, limit, collect)
+        self._hooks.module(f"on_{hook}_epoch_end")
+        results = self._publish_epoch_metrics(stage) if stage != "predict" else {}
+        self._hooks.callbacks(f"on_{hook}_epoch_end")
+        self._hooks(f"on_{hook}_end")
+        return outputs if collect else [results]
+
+    def _eval_batches(self, stage: str, loaders: list[Any], limit: int | float, collect: bool) -> list[Any]:
+        module = self.module
+        hook = {"validate": "validation", "test": "test", "predict": "predict"}[stage]
+        step_fn = getattr(module, f"{hook}_step")
+        pass_idx = len(loaders) > 1
+        hooks = self._hooks if not self.sanity_checking else self._hooks.module
+        module.eval()
+        all_outputs: list[list[Any]] = []
+        with torch.no_grad():
+            for dl_idx, loader in enumerate(loaders):
+                n = batch_limit(loader, limit, f"limit_{'val' if stage == 'validate' else stage}_batches")
+                self._metrics.dataloader_suffix = f"/dataloader_idx_{dl_idx}" if pass_idx else ""
+                outputs: list[Any] = []
+                for batch_idx, batch in enumerate(loader):
+                    if batch_idx >= n:
+                        break
+                    batch = move_to_device(batch, self._device)
+                    self._metrics.set_batch(batch)
+                    hooks(f"on_{hook}_batch_start", batch, batch_idx, dl_idx)
+                    with self._precision.autocast():
+                        out = step_fn(batch, batch_idx, dl_idx) if pass_idx else step_fn(batch, batch_idx)
+                    hooks(f"on_{hook}_batch_end", out, batch, batch_idx, dl_idx)
+                    if collect:
+                        outputs.append(out)
+                all_outputs.append(outputs)
+        self._metrics.dataloader_suffix = ""
+        return all_outputs
+
+    # -- metrics out to loggers ----------------------------------------------------------
+
+    def _start_loggers(self, module: Module) -> None:
+        for logger in self.loggers:
+            logger.log_hyperparams(dict(module.hparams))
+            if module.example_input_array is not None:
+                example = move_to_device(module.example_input_array, self._device)
+                logger.log_graph(module, example)
+
+    def _publish_metrics(self) -> None:
+        """Materialise pending step values, check the loss, hand floats to the loggers."""
+        self._next_flush = time.monotonic() + _FLUSH_INTERVAL_S
+        self._check_losses()
+        for step, values in self._metrics.flush():
+            self.log_to_loggers(values, step)
+
+    def _publish_epoch_metrics(self, stage: str) -> dict[str, float]:
+        values, logged = self._metrics.end_epoch(stage)
+        if logged and stage in ("train", "validate"):
+            logged["epoch"] = float(self.loop.epoch)
+        self.log_to_loggers(logged, self.loop.global_step)
+        return values
+
+    def log_to_loggers(self, values: dict[str, float], step: int) -> None:
+        """Send plain floats to every logger (what callbacks like LearningRateMonitor use)."""
+        if not values:
+            return
+        self.logged_metrics.update({k: torch.tensor(v) for k, v in values.items()})
+        for logger in self.loggers:
+            logger.log_metrics(values, step)
+
+    def _check_losses(self) -> None:
+        if not self._loss_log:
+            return
+        entries, self._loss_log = self._loss_log, []
+        values = materialise(loss for _, loss in entries)
+        for (step, _), value in zip(entries, values):
+            if not math.isfinite(value):
+                message = (f"the training loss became {value} at global step {step}; lower the learning "
+                           "rate, enable gradient_clip_val, or set on_nonfinite_loss='skip'")
+                if self.config.on_nonfinite_loss == "raise":
+                    raise NonFiniteLossError(message, step)
+                log.warning(message)
+                return
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def save_checkpoint(self, path: str | Path, weights_only: bool = False) -> Path:
+        """Write a checkpoint atomically; the previous file at ``path`` survives a crash."""
+        return save_checkpoint(self._checkpoint_state(weights_only), path)
+
+    def _checkpoint_state(self, weights_only: bool = False) -> dict[str, Any]:
+        module = self.module
+        state: dict[str, Any] = {
+            "format": "traindeck",
+            "version": FORMAT_VERSION,
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "loop": self.loop.state_dict(),
+            "metrics": self._metrics.latest(),
+        }
+        if not weights_only:
+            state["optimizers"] = [opt.state_dict() for opt in self.optimizers]
+            state["lr_schedulers"] = [c.scheduler.state_dict() for c in self.lr_scheduler_configs]
+            state["precision"] = self._precision.state_dict()
+            state["callbacks"] = {cb.state_key: cb.state_dict() for cb in self.callbacks}
+            state["loggers"] = [logger.state_dict() for logger in self.loggers]
+            if self.datamodule is not None:
+                state["datamodule"] = self.datamodule.state_dict()
+        module.on_save_checkpoint(state)
+        self._hooks.callbacks("on_save_checkpoint", state)
+        return state
+
+    def _restore(self, ckpt_path: str | Path, weights_only: bool = False) -> None:
+        path = self._resolve_ckpt_path(ckpt_path)
+        state = load_checkpoint(path)
+        module = self.module
+        try:
+            module.load_state_dict(state["state_dict"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"checkpoint {path} does not match {type(module).__name__}: {exc}") from exc
+        module.on_load_checkpoint(state)
+        if not weights_only:
+            saved = state.get("optimizers", [])
+            if len(saved) != len(self.optimizers):
+                raise CheckpointError(f"checkpoint {path} holds {len(saved)} optimizer states but the module "
+                                      f"configures {len(self.optimizers)}")
+            for opt, opt_state in zip(self.optimizers, saved):
+                opt.load_state_dict(opt_state)
+            for config, sched_state in zip(self.lr_scheduler_configs, state.get("lr_schedulers", [])):
+                config.scheduler.load_state_dict(sched_state)
+            self._precision.load_state_dict(state.get("precision", {}))
+            for cb in self.callbacks:
+                if cb.state_key in state.get("callbacks", {}):
+                    cb.load_state_dict(state["callbacks"][cb.state_key])
+            self._hooks.callbacks("on_load_checkpoint", state)
+            for logger, logger_state in zip(self.loggers, state.get("loggers", [])):
+                logger.load_state_dict(logger_state)
+            if self.datamodule is not None and "datamodule" in state:
+                self.datamodule.load_state_dict(state["datamodule"])
+            self.loop.load_state_dict(state["loop"])
+            self._metrics.step = self.loop.global_step
+        if weights_only:
+            log.info(f"loaded weights from {path}")
+        else:
+            log.info(f"resuming from {path} at epoch {self.loop.epoch}, step {self.loop.global_step}")
+
+    def _resolve_ckpt_path(self, ckpt_path: str | Path) -> Path:
+        if ckpt_path in ("last", "best"):
+            callback = self.checkpoint_callback
+            found = None
+            if callback is not None:
+                found = callback.last_model_path if ckpt_path == "last" else callback.best_model_path
+                if not found and ckpt_path == "last":
+                    found = callback.find_last()
+            if not found:
+                raise CheckpointError(f"ckpt_path={ckpt_path!r}: no {ckpt_path} checkpoint was found "
+                                      f"for this run; pass a file path instead")
+            return Path(found)
+        return Path(ckpt_path)
+
+    # -- start-up summary ----------------------------------------------------------------
+
+    def _announce_start(self, module: Module) -> None:
+        if self._announced:
+            return
+        self._announced = True
+        c = self.config
+        n_params = sum(p.numel() for p in module.parameters())
+        n_train = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        log.info(f"device: {self._device} ({self._device_reason})")
+        log.info(f"precision: {self._precision.describe()}")
+        if c.seed is not None:
+            log.info(f"seed: {c.seed} (python, numpy and torch seeded)")
+        if c.deterministic:
+            log.info("deterministic algorithms: on (torch.use_deterministic_algorithms)")
+        log.info(f"model: {type(module).__name__}, {n_params:,} parameters ({n_train:,} trainable)")
+        if self.run_dir is not None:
+            log.info(f"run directory: {self.run_dir}")
+
+    def _announce_fit(self, module: Module) -> None:
+        self._announce_start(module)
+        c = self.config
+        self._fit_start_time = time.monotonic()
+        self._next_flush = time.monotonic() + _FLUSH_INTERVAL_S
+        self._accumulated = 0
+        if c.fast_dev_run:
+            log.info(f"fast_dev_run: {c.fast_dev_run} batch(es) per stage; loggers and checkpoints are off")
+        elif c.defaulted_max_epochs:
+            log.info("no max_epochs, max_steps or max_time given: training stops after 1000 epochs")
+        if c.accumulate_grad_batches > 1:
+            log.info(f"gradients accumulated over {c.accumulate_grad_batches} batches per optimizer step")
+        if self.loggers:
+            log.info("logging to: " + ", ".join(str(lg.log_dir) for lg in self.loggers))
+
+    def __repr__(self) -> str:
+        return f"Trainer(epoch={self.current_epoch}, global_step={self.global_step}, stage={self.stage})"

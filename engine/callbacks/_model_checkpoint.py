@@ -1,0 +1,217 @@
+"""ModelCheckpoint: save checkpoints on a schedule, keep the best k and the last one."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from engine._announce import log
+from engine._errors import CheckpointError, ConfigError
+from engine.callbacks._base import Callback
+
+__all__ = ["ModelCheckpoint"]
+
+_FIELD = re.compile(r"\{([^{}:]+)(?::([^{}]*))?\}")
+
+
+class ModelCheckpoint(Callback):
+    """Saves to ``dirpath`` (default ``<run dir>/checkpoints``).
+
+    Without ``monitor`` the newest ``save_top_k`` checkpoints are kept; with it, the best
+    ``save_top_k`` by ``mode``. ``save_last`` also writes ``last.ckpt`` at every save.
+    Triggers: ``every_n_train_steps``, ``train_time_interval`` (seconds or timedelta), and
+    ``every_n_epochs`` (the default: once per epoch, after validation when there is one).
+    """
+
+    def __init__(
+        self,
+        dirpath: str | Path | None = None,
+        filename: str | None = None,
+        monitor: str | None = None,
+        mode: str = "min",
+        save_top_k: int = 1,
+        save_last: bool | None = None,
+        every_n_train_steps: int | None = None,
+        every_n_epochs: int | None = None,
+        train_time_interval: Any = None,
+        save_weights_only: bool = False,
+    ) -> None:
+        if mode not in ("min", "max"):
+            raise ConfigError(f"ModelCheckpoint(mode={mode!r}): use 'min' or 'max'")
+        if save_top_k < -1:
+            raise ConfigError(f"ModelCheckpoint(save_top_k={save_top_k}): use -1 (all), 0 (none) or k > 0")
+        if monitor is None and save_top_k not in (-1, 0, 1):
+            raise ConfigError(f"ModelCheckpoint(save_top_k={save_top_k}) ranks checkpoints by a metric; "
+                              "also pass monitor='val/loss' (or similar)")
+        for name, value in (("every_n_train_steps", every_n_train_steps), ("every_n_epochs", every_n_epochs)):
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ConfigError(f"ModelCheckpoint({name}={value!r}): use a non-negative integer")
+        from engine._config import parse_duration
+
+        self.dirpath = Path(dirpath) if dirpath is not None else None
+        self.filename = filename or "{epoch}-{step}"
+        self.monitor = monitor
+        self.mode = mode
+        self.save_top_k = save_top_k
+        self.save_last = save_last
+        self.every_n_train_steps = every_n_train_steps or None
+        self.train_time_interval = parse_duration(train_time_interval)
+        if every_n_epochs is None and self.every_n_train_steps is None and self.train_time_interval is None:
+            every_n_epochs = 1
+        self.every_n_epochs = every_n_epochs or None
+        self.save_weights_only = save_weights_only
+        self.best_k_models: dict[str, float] = {}
+        self.best_model_path = ""
+        self.best_model_score: float | None = None
+        self.last_model_path = ""
+        self._saved_paths: list[str] = []
+        self._last_saved_step = -1
+        self._last_time_save = time.monotonic()
+
+    @property
+    def state_key(self) -> str:
+        return f"ModelCheckpoint[monitor={self.monitor}]"
+
+    # -- hooks ---------------------------------------------------------------------------
+
+    def setup(self, trainer: Any, module: Any, stage: str) -> None:
+        if self.dirpath is None and trainer.run_dir is not None:
+            self.dirpath = trainer.run_dir / "checkpoints"
+
+    def on_train_start(self, trainer: Any, module: Any) -> None:
+        self._last_time_save = time.monotonic()
+
+    def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if self.every_n_train_steps and step and step % self.every_n_train_steps == 0:
+            self._save(trainer)
+        elif self.train_time_interval and time.monotonic() - self._last_time_save >= self.train_time_interval:
+            self._save(trainer)
+
+    def on_validation_end(self, trainer: Any, module: Any) -> None:
+        if trainer.stage == "fit" and not trainer.sanity_checking and self._epoch_due(trainer):
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+        if not trainer._val_loaders and self._epoch_due(trainer):
+            self._save(trainer)
+
+    def _epoch_due(self, trainer: Any) -> bool:
+        return self.every_n_epochs is not None and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+
+    # -- saving and retention ------------------------------------------------------------
+
+    def _save(self, trainer: Any) -> None:
+        if trainer.global_step == self._last_saved_step or not trainer.is_global_zero or self.dirpath is None:
+            return
+        self._last_saved_step = trainer.global_step
+        self._last_time_save = time.monotonic()
+        metrics = trainer._metrics.latest()
+        score = self._score(metrics)
+        if self.save_top_k != 0 and self._qualifies(score):
+            path = self.dirpath / (self._format(trainer, metrics) + ".ckpt")
+            try:
+                trainer.save_checkpoint(path, weights_only=self.save_weights_only)
+            except CheckpointError as exc:
+                log.error(f"{exc}; training continues and the save is retried at the next trigger")
+                self._last_saved_step = -1
+                return
+            self._record(str(path), score)
+        if self.save_last:
+            last = self.dirpath / "last.ckpt"
+            try:
+                trainer.save_checkpoint(last, weights_only=self.save_weights_only)
+                self.last_model_path = str(last)
+            except CheckpointError as exc:
+                log.error(f"{exc}; training continues")
+
+    def _score(self, metrics: dict[str, float]) -> float | None:
+        if self.monitor is None:
+            return None
+        if self.monitor not in metrics:
+            raise ConfigError(
+                f"ModelCheckpoint(monitor={self.monitor!r}) found no such metric; logged metrics are "
+                f"{sorted(metrics)}. Log it with self.log, or change monitor"
+            )
+        value = metrics[self.monitor]
+        return value if math.isfinite(value) else (math.inf if self.mode == "min" else -math.inf)
+
+    def _better(self, a: float, b: float) -> bool:
+        return a < b if self.mode == "min" else a > b
+
+    def _worst_path(self) -> str:
+        pick = max if self.mode == "min" else min
+        return pick(self.best_k_models, key=self.best_k_models.__getitem__)
+
+    def _qualifies(self, score: float | None) -> bool:
+        if score is None or self.save_top_k == -1 or len(self.best_k_models) < self.save_top_k:
+            return True
+        return self._better(score, self.best_k_models[self._worst_path()])
+
+    def _record(self, path: str, score: float | None) -> None:
+        if self.monitor is None:
+            if self.save_top_k == 1:
+                for old in self._saved_paths:
+                    if old != path:
+                        Path(old).unlink(missing_ok=True)
+                self._saved_paths = []
+            self._saved_paths.append(path)
+            self.best_model_path = path
+            self.last_model_path = self.last_model_path if self.save_last else path
+            return
+        self.best_k_models[path] = score  # type: ignore[assignment]
+        if self.save_top_k != -1 and len(self.best_k_models) > self.save_top_k:
+            worst = self._worst_path()
+            del self.best_k_models[worst]
+            if worst != path:
+                Path(worst).unlink(missing_ok=True)
+        pick = min if self.mode == "min" else max
+        self.best_model_path = pick(self.best_k_models, key=self.best_k_models.__getitem__)
+        self.best_model_score = self.best_k_models[self.best_model_path]
+        if not self.save_last:
+            self.last_model_path = path
+
+    def _format(self, trainer: Any, metrics: dict[str, float]) -> str:
+        values = {"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics}
+
+        def field(match: re.Match[str]) -> str:
+            key, fmt = match.group(1), match.group(2)
+            if key not in values:
+                raise ConfigError(f"ModelCheckpoint(filename={self.filename!r}) uses {{{key}}}, which is "
+                                  f"not a logged metric; known: {sorted(values)}")
+            text = format(values[key], fmt or ("d" if key in ("epoch", "step") else ".4g"))
+            after_equals = match.start() > 0 and self.filename[match.start() - 1] == "="
+            return text if after_equals else f"{key.replace('/', '_')}={text}"
+
+        return _FIELD.sub(field, self.filename)
+
+    def find_last(self) -> str:
+        """The newest checkpoint file in ``dirpath`` (by modification time), or ""."""
+        if self.dirpath is None or not self.dirpath.is_dir():
+            return ""
+        files = sorted(self.dirpath.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+        return str(files[-1]) if files else ""
+
+    # -- resumable state -----------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "monitor": self.monitor,
+            "best_model_score": self.best_model_score,
+            "best_model_path": self.best_model_path,
+            "best_k_models": dict(self.best_k_models),
+            "last_model_path": self.last_model_path,
+            "saved_paths": list(self._saved_paths),
+            "dirpath": str(self.dirpath) if self.dirpath else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("dirpath") == (str(self.dirpath) if self.dirpath else None):
+            self.best_k_models = dict(state["best_k_models"])
+            self.best_model_path = state["best_model_path"]
+            self._saved_paths = list(state.get("saved_paths", []))
+            self.last_model_path = state["last_model_path"]
+        self.best_model_score = state["best_model_score"]
