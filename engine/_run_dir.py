@@ -10,6 +10,7 @@ from pathlib import Path
 __all__ = ["choose_run_dir"]
 
 RUN_DIR_ENV = "TRAINDECK_RUN_DIR"
+RUN_NAME_ENV = "TRAINDECK_RUN_NAME"
 
 
 def _default_name() -> str:
@@ -18,7 +19,12 @@ def _default_name() -> str:
 
 
 def choose_run_dir(root: str | Path, name: str | None) -> Path:
-    """The run directory, created; ``$TRAINDECK_RUN_DIR`` (set by the supervisor) wins."""
+    """The run directory, created; ``$TRAINDECK_RUN_DIR`` (set by the supervisor) wins.
+
+    A ``name`` (or ``$TRAINDECK_RUN_NAME``) is used as given, so a rerun reuses its
+    directory; without one a fresh ``<script>-<date>-<time>`` directory is made.
+    """
+    name = name or os.environ.get(RUN_NAME_ENV) or None
     forced = os.environ.get(RUN_DIR_ENV)
     if forced:
         path = Path(forced)

@@ -57,6 +57,8 @@ class Trainer:
             raise ConfigError("pass either logger= or loggers=, not both")
         self._user_callbacks = [callbacks] if isinstance(callbacks, Callback) else list(callbacks or [])
         self._logger_arg = loggers if loggers is not None else logger
+        if self.config.seed is not None:
+            seed_everything(self.config.seed)
         self.global_rank = int(os.environ.get("RANK", 0))
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
         self.world_size = int(os.environ.get("WORLD_SIZE", 1))
