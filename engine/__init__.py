@@ -1,6 +1,16 @@
-"""traindeck's training engine: ``from engine import Module, DataModule, Trainer``."""
+"""traindeck's training engine: ``from engine import Module, DataModule, Trainer``.
 
-from engine._datamodule import DataModule
+The torch-backed names are imported on first access (PEP 562), so that torch-free
+modules such as ``engine._checkpoint_format`` can be used by the CLI without paying
+for ``import torch``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
 from engine._errors import (
     CheckpointError,
     ConfigError,
@@ -9,9 +19,12 @@ from engine._errors import (
     NonFiniteLossError,
     TraindeckError,
 )
-from engine._module import Module
-from engine._seed import seed_everything
-from engine._trainer import Trainer
+
+if TYPE_CHECKING:
+    from engine._datamodule import DataModule
+    from engine._module import Module
+    from engine._seed import seed_everything
+    from engine._trainer import Trainer
 
 __all__ = [
     "CheckpointError",
@@ -25,3 +38,25 @@ __all__ = [
     "Trainer",
     "seed_everything",
 ]
+
+_LAZY = {
+    "DataModule": "engine._datamodule",
+    "Module": "engine._module",
+    "Trainer": "engine._trainer",
+    "seed_everything": "engine._seed",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The public names, the dunders and the submodules imported so far; not the helpers used here."""
+    own = {n for n, v in globals().items()
+           if n.startswith("__") or (isinstance(v, ModuleType) and v.__name__.startswith("engine."))}
+    return sorted(own | set(__all__))

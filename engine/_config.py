@@ -88,8 +88,9 @@ class TrainerConfig:
         if isinstance(self.accumulate_grad_batches, bool) or not isinstance(self.accumulate_grad_batches, int) \
                 or self.accumulate_grad_batches < 1:
             raise ConfigError(f"accumulate_grad_batches={self.accumulate_grad_batches!r}: use an integer >= 1")
-        if self.gradient_clip_val is not None and self.gradient_clip_val <= 0:
-            raise ConfigError(f"gradient_clip_val={self.gradient_clip_val!r} must be positive (or None for no clipping)")
+        clip = self.gradient_clip_val
+        if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip <= 0):
+            raise ConfigError(f"gradient_clip_val={clip!r} must be a positive number (or None for no clipping)")
         if self.gradient_clip_algorithm not in ("norm", "value"):
             raise ConfigError(f"gradient_clip_algorithm={self.gradient_clip_algorithm!r}: use 'norm' or 'value'")
         vci = self.val_check_interval
@@ -106,8 +107,9 @@ class TrainerConfig:
             raise ConfigError(f"fast_dev_run={self.fast_dev_run!r}: use True/False or a number of batches")
         if not isinstance(self.num_sanity_val_steps, int) or self.num_sanity_val_steps < -1:
             raise ConfigError(f"num_sanity_val_steps={self.num_sanity_val_steps!r}: use an int >= 0, or -1 for all")
-        if self.log_every_n_steps < 1:
-            raise ConfigError(f"log_every_n_steps={self.log_every_n_steps!r} must be >= 1")
+        if isinstance(self.log_every_n_steps, bool) or not isinstance(self.log_every_n_steps, int) \
+                or self.log_every_n_steps < 1:
+            raise ConfigError(f"log_every_n_steps={self.log_every_n_steps!r} must be an integer >= 1")
         if self.on_nonfinite_loss not in _NONFINITE:
             raise ConfigError(f"on_nonfinite_loss={self.on_nonfinite_loss!r}: use one of {list(_NONFINITE)}")
         if self.devices not in ("auto", 1, [0]) and not (isinstance(self.devices, list) and len(self.devices) == 1):

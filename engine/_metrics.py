@@ -130,7 +130,7 @@ class MetricCollector:
         self.dataloader_suffix = ""
         self._batch: Any = None
         self._batch_size: int | None = None
-        self._specs: dict[str, _Spec] = {}
+        self._specs: dict[tuple[str, str], _Spec] = {}
         self._latest: dict[str, torch.Tensor | float] = {}
         self._pending: list[tuple[int, str, torch.Tensor | float]] = []
         self._epoch: dict[str, dict[str, _EpochBuffer]] = {}
@@ -183,14 +183,14 @@ class MetricCollector:
         return out
 
     def progress_keys(self) -> list[str]:
-        keys = []
-        for name, spec in self._specs.items():
+        keys: dict[str, None] = {}
+        for (_, name), spec in self._specs.items():
             if spec.prog_bar:
                 if spec.on_step and spec.on_epoch:
-                    keys += [f"{name}_step", f"{name}_epoch"]
+                    keys.update(dict.fromkeys([f"{name}_step", f"{name}_epoch"]))
                 else:
-                    keys.append(name)
-        return keys
+                    keys[name] = None
+        return list(keys)
 
     # -- called from Module.log ----------------------------------------------------------
 
@@ -209,7 +209,7 @@ class MetricCollector:
     ) -> None:
         if not self.enabled:
             return
-        spec = self._specs.get(name)
+        spec = self._specs.get((self.stage, name))
         if spec is None:
             in_train = self.stage == "train"
             spec = _Spec(
@@ -220,7 +220,7 @@ class MetricCollector:
                 logger=logger,
                 sync_dist=sync_dist,
             )
-            self._specs[name] = spec
+            self._specs[(self.stage, name)] = spec
         elif _reduction_name(reduce_fx) != spec.reduce:
             reduce = _reduction_name(reduce_fx)
             raise MetricError(
@@ -229,14 +229,14 @@ class MetricCollector:
             )
         scalar = _as_scalar(name, value)
         both = spec.on_step and spec.on_epoch
-        name += self.dataloader_suffix
+        suffix = self.dataloader_suffix
         if spec.on_step:
-            key = f"{name}_step" if both else name
+            key = (f"{name}_step" if both else name) + suffix
             self._latest[key] = scalar
             if spec.logger and (self.stage != "train" or self.step % self.log_every_n_steps == 0):
                 self._pending.append((self.step, key, scalar))
         if spec.on_epoch:
-            key = f"{name}_epoch" if both else name
+            key = (f"{name}_epoch" if both else name) + suffix
             buffers = self._epoch.setdefault(self.stage, {})
             buf = buffers.get(key)
             if buf is None:

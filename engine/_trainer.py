@@ -67,6 +67,7 @@ class Trainer:
         self.sanity_checking = False
         self.stage: str | None = None
         self.callbacks: list[Callback] = []
+        self._default_checkpoint: Callback | None = None
         self.loggers: list[Any] = []
         self.optimizers: list[torch.optim.Optimizer] = []
         self.lr_scheduler_configs: list[LRSchedulerConfig] = []
@@ -261,9 +262,12 @@ class Trainer:
         from engine.callbacks import ModelCheckpoint, ProgressBar
 
         callbacks = list(self._user_callbacks) + list(module.configure_callbacks() or [])
-        if stage == "fit" and self.config.enable_checkpointing and not self.config.fast_dev_run \
+        if self.config.enable_checkpointing and not self.config.fast_dev_run \
                 and not any(isinstance(cb, ModelCheckpoint) for cb in callbacks):
-            callbacks.append(ModelCheckpoint())
+            if stage == "fit" and self._default_checkpoint is None:
+                self._default_checkpoint = ModelCheckpoint()
+            if self._default_checkpoint is not None:
+                callbacks.append(self._default_checkpoint)
         if self.config.enable_progress_bar and not any(isinstance(cb, ProgressBar) for cb in callbacks):
             callbacks.insert(0, ProgressBar())
         checkpoints = [cb for cb in callbacks if isinstance(cb, ModelCheckpoint)]
@@ -282,7 +286,7 @@ class Trainer:
             bad = [type(x).__name__ for x in loggers if not isinstance(x, Logger)]
             if bad:
                 raise ConfigError(f"loggers must be engine.loggers.Logger instances; got {bad}")
-        if self.run_dir is None and (loggers or stage == "fit"):
+        if self.run_dir is None and (loggers or (stage == "fit" and not self.config.fast_dev_run)):
             self.run_dir = choose_run_dir(self.config.default_root_dir, self.config.name)
         for logger in loggers:
             logger.bind(self.run_dir)
@@ -328,7 +332,6 @@ class Trainer:
                 break
             if self._train_batch(batch, batch_idx) == -1:
                 break
-            self.loop.batch_done(batch_idx)
             if time.monotonic() >= self._next_flush:
                 self._publish_metrics()
             if self._should_validate(batch_idx):
@@ -350,14 +353,14 @@ class Trainer:
                 outputs = module.training_step(batch, batch_idx)
             self.loop.global_step += 1
             self._metrics.step = self.loop.global_step
-            self._hooks("on_train_batch_end", outputs, batch, batch_idx)
+            self._end_train_batch(outputs, batch, batch_idx)
             return None
         with self._precision.autocast():
             outputs = module.training_step(batch, batch_idx)
         loss = self._loss_from(outputs)
         if self.config.on_nonfinite_loss == "skip" and not bool(torch.isfinite(loss)):
             log.warning(f"non-finite loss at step {self.loop.global_step} (batch {batch_idx}); step skipped")
-            self._hooks("on_train_batch_end", outputs, batch, batch_idx)
+            self._end_train_batch(outputs, batch, batch_idx)
             return None
         self._loss_log.append((self.loop.global_step, loss.detach()))
         if self.config.accumulate_grad_batches > 1:
@@ -368,8 +371,13 @@ class Trainer:
         self._accumulated += 1
         if self._accumulated == self.config.accumulate_grad_batches or batch_idx + 1 == self._num_train_batches:
             self._optimizer_step()
-        self._hooks("on_train_batch_end", outputs, batch, batch_idx)
+        self._end_train_batch(outputs, batch, batch_idx)
         return None
+
+    def _end_train_batch(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Count the batch as done before on_train_batch_end, so a checkpoint saved there resumes after it."""
+        self.loop.batch_done(batch_idx)
+        self._hooks("on_train_batch_end", outputs, batch, batch_idx)
 
     def _loss_from(self, outputs: Any) -> torch.Tensor:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
@@ -440,8 +448,13 @@ class Trainer:
         self._step_schedulers("epoch")
         self.loop.next_epoch()
 
+    @property
+    def _validation_enabled(self) -> bool:
+        """Whether fit validates at all: validation data was given and limit_val_batches is not 0."""
+        return bool(self._val_loaders) and self.config.limit_val_batches != 0
+
     def _should_validate(self, batch_idx: int) -> bool:
-        if not self._val_loaders or self.config.limit_val_batches == 0:
+        if not self._validation_enabled:
             return False
         every = self.config.check_val_every_n_epoch
         if every is not None and (self.loop.epoch + 1) % every:
@@ -467,14 +480,14 @@ class Trainer:
 
     def _run_sanity_check(self) -> None:
         steps = self.config.num_sanity_val_steps
-        if not self._val_loaders or steps == 0 or self.config.limit_val_batches == 0:
+        if not self._validation_enabled or steps == 0:
             return
         self.sanity_checking = True
         self._metrics.enabled = False
         self._hooks.callbacks("on_sanity_check_start")
         try:
-            limit = self.config.limit_val_batches if steps == -1 else steps
-            self._eval_batches("validate", self._val_loaders, limit, collect=False)
+            cap = math.inf if steps == -1 else steps
+            self._eval_batches("validate", self._val_loaders, self.config.limit_val_batches, collect=False, cap=cap)
         finally:
             self._metrics.enabled = True
             self.sanity_checking = False
@@ -498,9 +511,16 @@ class Trainer:
         results = self._publish_epoch_metrics(stage) if stage != "predict" else {}
         self._hooks.callbacks(f"on_{hook}_epoch_end")
         self._hooks(f"on_{hook}_end")
-        return outputs if collect else [results]
+        if collect:
+            return outputs
+        if len(loaders) == 1:
+            return [results]
+        return [{k: v for k, v in results.items()
+                 if k.endswith(f"/dataloader_idx_{i}") or "/dataloader_idx_" not in k}
+                for i in range(len(loaders))]
 
-    def _eval_batches(self, stage: str, loaders: list[Any], limit: int | float, collect: bool) -> list[Any]:
+    def _eval_batches(self, stage: str, loaders: list[Any], limit: int | float, collect: bool,
+                      cap: float = math.inf) -> list[Any]:
         module = self.module
         hook = {"validate": "validation", "test": "test", "predict": "predict"}[stage]
         step_fn = getattr(module, f"{hook}_step")
@@ -510,7 +530,7 @@ class Trainer:
         all_outputs: list[list[Any]] = []
         with torch.no_grad():
             for dl_idx, loader in enumerate(loaders):
-                n = batch_limit(loader, limit, f"limit_{'val' if stage == 'validate' else stage}_batches")
+                n = min(cap, batch_limit(loader, limit, f"limit_{'val' if stage == 'validate' else stage}_batches"))
                 self._metrics.dataloader_suffix = f"/dataloader_idx_{dl_idx}" if pass_idx else ""
                 outputs: list[Any] = []
                 for batch_idx, batch in enumerate(loader):
@@ -576,7 +596,12 @@ class Trainer:
     # -- checkpoints ---------------------------------------------------------------------
 
     def save_checkpoint(self, path: str | Path, weights_only: bool = False) -> Path:
-        """Write a checkpoint atomically; the previous file at ``path`` survives a crash."""
+        """Write a checkpoint atomically; the previous file at ``path`` survives a crash.
+
+        Pending losses are checked first, so with on_nonfinite_loss="raise" weights from a
+        NaN/Inf step are never written (nor replace a good checkpoint).
+        """
+        self._check_losses()
         return save_checkpoint(self._checkpoint_state(weights_only), path)
 
     def _checkpoint_state(self, weights_only: bool = False) -> dict[str, Any]:

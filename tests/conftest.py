@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 import torch
@@ -117,11 +117,13 @@ class SanityCounter(TinyClassifier):
 def make_trainer(tmp_path: Path) -> Callable[..., Trainer]:
     """A Trainer writing under ``tmp_path/run``; quiet and file-free unless a test opts in.
 
-    Defaults: no progress bar, no loggers, no checkpointing. Pass ``logger=True`` or
-    ``enable_checkpointing=True`` to get the engine's default loggers / ModelCheckpoint.
+    Defaults: CPU (the same numbers on every machine), no progress bar, no loggers, no
+    checkpointing. Pass ``logger=True`` or ``enable_checkpointing=True`` to get the
+    engine's default loggers / ModelCheckpoint.
     """
 
     def factory(**kwargs: Any) -> Trainer:
+        kwargs.setdefault("accelerator", "cpu")
         kwargs.setdefault("default_root_dir", tmp_path)
         kwargs.setdefault("name", "run")
         kwargs.setdefault("enable_progress_bar", False)
@@ -133,7 +135,7 @@ def make_trainer(tmp_path: Path) -> Callable[..., Trainer]:
 
 
 @pytest.fixture
-def traindeck_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+def traindeck_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
     """caplog that also sees the "traindeck" logger, which may not propagate to the root."""
     logger = logging.getLogger("traindeck")
     logger.addHandler(caplog.handler)

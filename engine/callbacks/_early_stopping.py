@@ -47,7 +47,7 @@ class EarlyStopping(Callback):
             self._check(trainer)
 
     def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
-        if not trainer._val_loaders:
+        if not trainer._validation_enabled:
             self._check(trainer)
 
     def _improved(self, value: float) -> bool:

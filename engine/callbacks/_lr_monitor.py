@@ -33,7 +33,7 @@ class LearningRateMonitor(Callback):
         return "step" if any(c.interval == "step" for c in configs) else "epoch"
 
     def on_train_start(self, trainer: Any, module: Any) -> None:
-        if not trainer.loggers:
+        if not trainer.loggers and not trainer.config.fast_dev_run:
             raise ConfigError("LearningRateMonitor needs a logger; the Trainer has loggers=False")
 
     def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:

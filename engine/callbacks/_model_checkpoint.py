@@ -96,7 +96,7 @@ class ModelCheckpoint(Callback):
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
-        if not trainer._val_loaders and self._epoch_due(trainer):
+        if not trainer._validation_enabled and self._epoch_due(trainer):
             self._save(trainer)
 
     def _epoch_due(self, trainer: Any) -> bool:
@@ -105,7 +105,8 @@ class ModelCheckpoint(Callback):
     # -- saving and retention ------------------------------------------------------------
 
     def _save(self, trainer: Any) -> None:
-        if trainer.global_step == self._last_saved_step or not trainer.is_global_zero or self.dirpath is None:
+        if trainer.global_step == self._last_saved_step or not trainer.is_global_zero or self.dirpath is None \
+                or trainer.config.fast_dev_run:
             return
         self._last_saved_step = trainer.global_step
         self._last_time_save = time.monotonic()

@@ -1,0 +1,24 @@
+"""The run's append-only event log, ``<run dir>/events.jsonl``: one JSON object per line."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["append_event"]
+
+
+def append_event(run_dir: Path | None, kind: str, **fields: Any) -> None:
+    """Append one event; a single O_APPEND write, so lines from several processes never interleave."""
+    if run_dir is None:
+        return
+    record = {"time": time.time(), "event": kind, "source": f"rank{os.environ.get('RANK', '0')}", **fields}
+    line = (json.dumps(record, default=str) + "\n").encode()
+    fd = os.open(Path(run_dir) / "events.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
