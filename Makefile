@@ -27,6 +27,7 @@ test: venv
 bench: venv
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) bench/overhead.py
+	$(PY) bench/checkpoint.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -62,6 +62,8 @@ class TrainerConfig:
     precision: str | int = "32-true"
     accelerator: str = "auto"
     devices: int | str | list[int] = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
     val_check_interval: int | float = 1.0
     check_val_every_n_epoch: int | None = 1
     limit_train_batches: int | float = 1.0
@@ -117,6 +119,10 @@ class TrainerConfig:
                 f"devices={self.devices!r}: this version trains in one process; more than one device "
                 "is not supported yet. Use devices=1 (or 'auto')"
             )
+        if self.strategy not in ("auto", "single_device"):
+            raise ConfigError(f"strategy={self.strategy!r}: this version trains in one process; use 'auto'")
+        if self.num_nodes != 1:
+            raise ConfigError(f"num_nodes={self.num_nodes!r}: this version trains on one node; use 1")
         if self.fast_dev_run:
             n = self.fast_dev_run
             self.max_epochs, self.max_steps, self.num_sanity_val_steps = 1, n, 0

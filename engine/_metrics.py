@@ -64,6 +64,7 @@ def materialise(values: Iterable[torch.Tensor | float]) -> list[float]:
 @dataclass
 class _Spec:
     reduce: str
+    reduce_arg: Any
     on_step: bool
     on_epoch: bool
     prog_bar: bool
@@ -77,6 +78,7 @@ class _EpochBuffer:
 
     reduce: str
     to_logger: bool
+    plain_name: str | None = None
     values: list[torch.Tensor | float] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
     folded: torch.Tensor | None = None
@@ -157,6 +159,11 @@ class MetricCollector:
         results = {name: r for name, r in results.items() if r is not None}
         out = dict(zip(results.keys(), materialise(results.values())))
         self._epoch_values.update(out)
+        for key, value in out.items():
+            plain = buffers[key].plain_name
+            if plain is not None:
+                self._latest.pop(plain, None)
+                self._epoch_values[plain] = value
         return out, {name: v for name, v in out.items() if buffers[name].to_logger}
 
     def flush(self) -> list[StepRecord]:
@@ -214,6 +221,7 @@ class MetricCollector:
             in_train = self.stage == "train"
             spec = _Spec(
                 reduce=_reduction_name(reduce_fx),
+                reduce_arg=reduce_fx,
                 on_step=in_train if on_step is None else on_step,
                 on_epoch=(not in_train) if on_epoch is None else on_epoch,
                 prog_bar=prog_bar,
@@ -221,7 +229,7 @@ class MetricCollector:
                 sync_dist=sync_dist,
             )
             self._specs[(self.stage, name)] = spec
-        elif _reduction_name(reduce_fx) != spec.reduce:
+        elif reduce_fx is not spec.reduce_arg and _reduction_name(reduce_fx) != spec.reduce:
             reduce = _reduction_name(reduce_fx)
             raise MetricError(
                 f"metric {name!r} was logged with reduce_fx={spec.reduce!r} and now with {reduce!r}; "
@@ -233,6 +241,8 @@ class MetricCollector:
         if spec.on_step:
             key = (f"{name}_step" if both else name) + suffix
             self._latest[key] = scalar
+            if both:
+                self._latest[name + suffix] = scalar
             if spec.logger and (self.stage != "train" or self.step % self.log_every_n_steps == 0):
                 self._pending.append((self.step, key, scalar))
         if spec.on_epoch:
@@ -240,7 +250,7 @@ class MetricCollector:
             buffers = self._epoch.setdefault(self.stage, {})
             buf = buffers.get(key)
             if buf is None:
-                buf = buffers[key] = _EpochBuffer(spec.reduce, spec.logger)
+                buf = buffers[key] = _EpochBuffer(spec.reduce, spec.logger, name + suffix if both else None)
             weight = 1.0
             if spec.reduce == "mean":
                 weight = float(batch_size) if batch_size is not None else float(self._infer_batch_size())

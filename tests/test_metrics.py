@@ -8,6 +8,7 @@ import torch
 from conftest import TinyClassifier, make_loader, metric_steps, read_jsonl
 from engine import MetricError
 from engine._metrics import MetricCollector
+from engine.callbacks import Callback
 from engine.loggers import JSONLinesLogger
 
 
@@ -61,10 +62,25 @@ def test_on_step_and_on_epoch_together_give_step_and_epoch_suffixed_keys(make_tr
     trainer, logger = _jsonl_trainer(make_trainer, max_epochs=1, log_every_n_steps=1)
     trainer.fit(_Logs(train_fn=log), make_loader(32))
     assert {"acc_step", "acc_epoch"} <= set(trainer.callback_metrics)
-    assert "acc" not in trainer.callback_metrics
     records = read_jsonl(logger.path)
     assert metric_steps(records, "acc_step") == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 3.0)]
     assert metric_steps(records, "acc_epoch") == [(4, 1.5)]
+
+
+def test_plain_name_of_a_step_and_epoch_metric_holds_the_step_value_then_the_epoch_value(make_trainer):
+    seen = []
+
+    def log(self, batch, batch_idx):
+        self.log("acc", float(batch_idx), on_step=True, on_epoch=True)
+
+    class Watch(Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            seen.append(float(trainer.callback_metrics["acc"]))
+
+    trainer = make_trainer(max_epochs=1, callbacks=[Watch()])
+    trainer.fit(_Logs(train_fn=log), make_loader(32))
+    assert seen == [0.0, 1.0, 2.0, 3.0]
+    assert float(trainer.callback_metrics["acc"]) == 1.5
 
 
 def test_on_epoch_only_in_training_logs_once_at_epoch_end(make_trainer):
