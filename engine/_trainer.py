@@ -25,18 +25,16 @@ from engine._data import batch_limit, resolve_loaders
 from engine._errors import CheckpointError, ConfigError, ModuleError, NonFiniteLossError
 from engine._hooks import HookDispatcher
 from engine._loop_state import LoopState
-from engine._metrics import MetricCollector, materialise
+from engine._metrics import MetricCollector
 from engine._module import Module
 from engine._optim import LRSchedulerConfig, parse_optimizers
 from engine._precision import Precision
+from engine._publish import FLUSH_INTERVAL_S, MetricPublisher
 from engine._run_dir import choose_run_dir
 from engine._seed import enable_determinism, seed_everything
 from engine.callbacks._base import Callback
 
 __all__ = ["Trainer"]
-
-_FLUSH_INTERVAL_S = 0.25
-
 
 class Trainer:
     """Runs the loops; everything configurable is a keyword argument (see TrainerConfig)."""
@@ -71,15 +69,14 @@ class Trainer:
         self.loggers: list[Any] = []
         self.optimizers: list[torch.optim.Optimizer] = []
         self.lr_scheduler_configs: list[LRSchedulerConfig] = []
-        self.logged_metrics: dict[str, torch.Tensor] = {}
         self.module: Module | None = None
         self.datamodule: Any = None
         self.run_dir: Path | None = None
         self._metrics = MetricCollector(self.config.log_every_n_steps)
+        self._publisher = MetricPublisher(self._metrics, self.config.on_nonfinite_loss)
         self._precision: Precision | None = None
         self._device = torch.device("cpu")
         self._announced = False
-        self._loss_log: list[tuple[int, torch.Tensor]] = []
         self._fit_start_time = 0.0
 
     # -- attributes users reach for ------------------------------------------------------
@@ -99,6 +96,11 @@ class Trainer:
     @property
     def lr_schedulers(self) -> list[Any]:
         return [c.scheduler for c in self.lr_scheduler_configs]
+
+    @property
+    def logged_metrics(self) -> dict[str, torch.Tensor]:
+        """The values last sent to the loggers, as CPU tensors."""
+        return self._publisher.logged
 
     @property
     def callback_metrics(self) -> dict[str, torch.Tensor]:
@@ -227,7 +229,7 @@ class Trainer:
         module.to(self._device)
         self.callbacks = self._build_callbacks(module, stage)
         self._hooks = HookDispatcher(self, module, self.callbacks)
-        self.loggers = self._build_loggers(stage)
+        self.loggers = self._publisher.loggers = self._build_loggers(stage)
         setup_stage = "validate" if stage == "validate" else stage
         if datamodule is not None:
             datamodule.prepare_data()
@@ -332,7 +334,7 @@ class Trainer:
                 break
             if self._train_batch(batch, batch_idx) == -1:
                 break
-            if time.monotonic() >= self._next_flush:
+            if time.monotonic() >= self._publisher.next_flush:
                 self._publish_metrics()
             if self._should_validate(batch_idx):
                 self._run_validation()
@@ -362,7 +364,7 @@ class Trainer:
             log.warning(f"non-finite loss at step {self.loop.global_step} (batch {batch_idx}); step skipped")
             self._end_train_batch(outputs, batch, batch_idx)
             return None
-        self._loss_log.append((self.loop.global_step, loss.detach()))
+        self._publisher.losses.append((self.loop.global_step, loss.detach()))
         if self.config.accumulate_grad_batches > 1:
             loss = loss / self.config.accumulate_grad_batches
         self._hooks("on_before_backward", loss)
@@ -558,40 +560,14 @@ class Trainer:
                 logger.log_graph(module, example)
 
     def _publish_metrics(self) -> None:
-        """Materialise pending step values, check the loss, hand floats to the loggers."""
-        self._next_flush = time.monotonic() + _FLUSH_INTERVAL_S
-        self._check_losses()
-        for step, values in self._metrics.flush():
-            self.log_to_loggers(values, step)
+        self._publisher.flush()
 
     def _publish_epoch_metrics(self, stage: str) -> dict[str, float]:
-        values, logged = self._metrics.end_epoch(stage)
-        if logged and stage in ("train", "validate"):
-            logged["epoch"] = float(self.loop.epoch)
-        self.log_to_loggers(logged, self.loop.global_step)
-        return values
+        return self._publisher.publish_epoch(stage, self.loop.epoch, self.loop.global_step)
 
     def log_to_loggers(self, values: dict[str, float], step: int) -> None:
         """Send plain floats to every logger (what callbacks like LearningRateMonitor use)."""
-        if not values:
-            return
-        self.logged_metrics.update({k: torch.tensor(v) for k, v in values.items()})
-        for logger in self.loggers:
-            logger.log_metrics(values, step)
-
-    def _check_losses(self) -> None:
-        if not self._loss_log:
-            return
-        entries, self._loss_log = self._loss_log, []
-        values = materialise(loss for _, loss in entries)
-        for (step, _), value in zip(entries, values):
-            if not math.isfinite(value):
-                message = (f"the training loss became {value} at global step {step}; lower the learning "
-                           "rate, enable gradient_clip_val, or set on_nonfinite_loss='skip'")
-                if self.config.on_nonfinite_loss == "raise":
-                    raise NonFiniteLossError(message, step)
-                log.warning(message)
-                return
+        self._publisher.send(values, step)
 
     # -- checkpoints ---------------------------------------------------------------------
 
@@ -601,7 +577,7 @@ class Trainer:
         Pending losses are checked first, so with on_nonfinite_loss="raise" weights from a
         NaN/Inf step are never written (nor replace a good checkpoint).
         """
-        self._check_losses()
+        self._publisher.check_losses()
         return save_checkpoint(self._checkpoint_state(weights_only), path)
 
     def _checkpoint_state(self, weights_only: bool = False) -> dict[str, Any]:
@@ -697,7 +673,7 @@ class Trainer:
         self._announce_start(module)
         c = self.config
         self._fit_start_time = time.monotonic()
-        self._next_flush = time.monotonic() + _FLUSH_INTERVAL_S
+        self._publisher.next_flush = time.monotonic() + FLUSH_INTERVAL_S
         self._accumulated = 0
         if c.fast_dev_run:
             log.info(f"fast_dev_run: {c.fast_dev_run} batch(es) per stage; loggers and checkpoints are off")

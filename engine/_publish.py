@@ -1,0 +1,68 @@
+"""Moving metrics from the collector to the loggers, and checking the training loss on the way."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+
+from engine._announce import log
+from engine._errors import NonFiniteLossError
+from engine._metrics import MetricCollector, materialise
+
+__all__ = ["MetricPublisher", "FLUSH_INTERVAL_S"]
+
+FLUSH_INTERVAL_S = 0.25
+
+
+class MetricPublisher:
+    """Materialises pending values every ``FLUSH_INTERVAL_S`` and at epoch ends; feeds the loggers.
+
+    The training losses it is handed stay on the device until a flush, where they are
+    checked for NaN/Inf in one transfer (``on_nonfinite`` "raise" or "warn").
+    """
+
+    def __init__(self, collector: MetricCollector, on_nonfinite: str) -> None:
+        self.collector = collector
+        self.on_nonfinite = on_nonfinite
+        self.loggers: list[Any] = []
+        self.logged: dict[str, torch.Tensor] = {}
+        self.losses: list[tuple[int, torch.Tensor]] = []
+        self.next_flush = 0.0
+
+    def flush(self) -> None:
+        """Check pending losses, then hand every pending step value to the loggers."""
+        self.next_flush = time.monotonic() + FLUSH_INTERVAL_S
+        self.check_losses()
+        for step, values in self.collector.flush():
+            self.send(values, step)
+
+    def publish_epoch(self, stage: str, epoch: int, step: int) -> dict[str, float]:
+        """Reduce ``stage``'s epoch values, send those marked for loggers; returns all of them."""
+        values, logged = self.collector.end_epoch(stage)
+        if logged and stage in ("train", "validate"):
+            logged["epoch"] = float(epoch)
+        self.send(logged, step)
+        return values
+
+    def send(self, values: dict[str, float], step: int) -> None:
+        if not values:
+            return
+        self.logged.update({k: torch.tensor(v) for k, v in values.items()})
+        for logger in self.loggers:
+            logger.log_metrics(values, step)
+
+    def check_losses(self) -> None:
+        if not self.losses:
+            return
+        entries, self.losses = self.losses, []
+        for (step, _), value in zip(entries, materialise(loss for _, loss in entries)):
+            if not math.isfinite(value):
+                message = (f"the training loss became {value} at global step {step}; lower the learning "
+                           "rate, enable gradient_clip_val, or set on_nonfinite_loss='skip'")
+                if self.on_nonfinite == "raise":
+                    raise NonFiniteLossError(message, step)
+                log.warning(message)
+                return
