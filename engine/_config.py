@@ -80,6 +80,8 @@ class TrainerConfig:
     enable_progress_bar: bool = True
     enable_checkpointing: bool = True
     on_nonfinite_loss: str = "raise"
+    async_checkpointing: bool = True
+    preemption_signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")
 
     def __post_init__(self) -> None:
         _positive_or_none("max_epochs", self.max_epochs)

@@ -13,14 +13,16 @@ class LoopState:
     """Where training stands: epoch, optimizer steps, batches consumed.
 
     ``global_step`` counts optimizer steps (not batches). ``batches_done`` counts the
-    batches consumed in the current epoch; ``epoch_finished`` is set once the last batch
-    of an epoch is done, so a checkpoint saved at epoch end resumes at the next epoch.
+    batches consumed in the current epoch and ``accumulated`` those whose gradients wait
+    for the next optimizer step; ``epoch_finished`` is set once an epoch ran to its end,
+    so a checkpoint saved at epoch end resumes at the next epoch.
     """
 
     epoch: int = 0
     global_step: int = 0
     batches_done: int = 0
     total_batches: int = 0
+    accumulated: int = 0
     epoch_finished: bool = False
 
     def batch_done(self, batch_idx: int) -> None:

@@ -105,11 +105,17 @@ class _EpochBuffer:
         else:
             part = stacked.min()
         if self.folded is not None:
-            part = torch.stack([self.folded, part])
+            part = torch.stack([self.folded.to(part.device), part])
             part = {"mean": part.sum, "sum": part.sum, "max": part.max, "min": part.min}[self.reduce]()
         self.folded = part
         self.values.clear()
         self.weights.clear()
+
+    def partial(self) -> torch.Tensor | None:
+        """The reduction so far (a weighted sum for "mean"), for checkpoints."""
+        if self.values:
+            self._fold()
+        return self.folded
 
     def result(self) -> torch.Tensor | None:
         if self.values:
@@ -188,6 +194,20 @@ class MetricCollector:
             wanted = {k: self._latest[k] for k in keys if k in self._latest}
         out.update(zip(wanted.keys(), materialise(wanted.values())))
         return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training epoch's partial reductions, so a mid-epoch resume reports the full epoch."""
+        buffers = {k: b for k, b in self._epoch.get("train", {}).items() if b.partial() is not None}
+        values = materialise(b.folded for b in buffers.values())  # type: ignore[misc]
+        return {"train_epoch": {key: [b.reduce, b.to_logger, b.plain_name, v, b.folded_weight]
+                                for (key, b), v in zip(buffers.items(), values)}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        buffers = self._epoch.setdefault("train", {})
+        for key, (reduce, to_logger, plain, value, weight) in state.get("train_epoch", {}).items():
+            buf = buffers[key] = _EpochBuffer(reduce, to_logger, plain)
+            buf.folded = torch.tensor(value, dtype=torch.float64)
+            buf.folded_weight = weight
 
     def progress_keys(self) -> list[str]:
         keys: dict[str, None] = {}

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler, Sampler
 from torch.utils.data.sampler import BatchSampler
 
-__all__ = ["ResumableSampler", "make_resumable", "reseed_workers", "epoch_seed"]
+__all__ = ["ResumableSampler", "make_resumable", "reseed_workers", "epoch_seed", "with_own_generator"]
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -96,6 +96,15 @@ def make_resumable(loader: Any, seed: int, num_replicas: int = 1, rank: int = 0)
     order = "shuffled by (seed, epoch)" if shuffle else "in order"
     shard = f", rank {rank} of {num_replicas}" if num_replicas > 1 else ""
     return rebuilt, f"training sampler replaced by a resumable one ({order}{shard})"
+
+
+def with_own_generator(loader: Any) -> Any:
+    """``loader`` rebuilt with its own generator, so iterating it draws nothing from the global RNG."""
+    if not isinstance(loader, DataLoader) or loader.generator is not None \
+            or isinstance(loader.dataset, IterableDataset) \
+            or (loader.batch_sampler is not None and type(loader.batch_sampler) is not BatchSampler):
+        return loader
+    return rebuild(loader)
 
 
 def rebuild(loader: DataLoader, sampler: Sampler[int] | None = None) -> DataLoader:

@@ -9,6 +9,7 @@ The training path reads top to bottom in ``fit`` → ``_run_train_epoch`` →
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import time
@@ -19,9 +20,12 @@ import torch
 
 from engine._accelerator import choose_device, move_to_device
 from engine._announce import log
-from engine._checkpoint_io import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from engine._checkpoint_async import AsyncCheckpointWriter, OnDone
+from engine._checkpoint_format import verify
+from engine._checkpoint_io import load_checkpoint, save_checkpoint
 from engine._config import TrainerConfig
 from engine._data import batch_limit, resolve_loaders
+from engine._events import append_event
 from engine._errors import CheckpointError, ConfigError, ModuleError, NonFiniteLossError
 from engine._hooks import HookDispatcher
 from engine._loop_state import LoopState
@@ -29,8 +33,11 @@ from engine._metrics import MetricCollector
 from engine._module import Module
 from engine._optim import LRSchedulerConfig, parse_optimizers
 from engine._precision import Precision
+from engine._preemption import PREEMPTED_EXIT_CODE, PreemptionWatch
 from engine._publish import FLUSH_INTERVAL_S, MetricPublisher
+from engine._rng import capture_rng, restore_rng
 from engine._run_dir import choose_run_dir
+from engine._sampling import ResumableSampler, make_resumable, reseed_workers, with_own_generator
 from engine._seed import enable_determinism, seed_everything
 from engine.callbacks._base import Callback
 
@@ -78,6 +85,10 @@ class Trainer:
         self._device = torch.device("cpu")
         self._announced = False
         self._fit_start_time = 0.0
+        self._writer: AsyncCheckpointWriter | None = None
+        self._data_seed: int | None = None
+        self._announced_data = ""
+        self._preemption = PreemptionWatch(())
 
     # -- attributes users reach for ------------------------------------------------------
 
@@ -145,7 +156,8 @@ class Trainer:
         ckpt_path: str | Path | None = None,
     ) -> None:
         """Train ``module`` until max_epochs / max_steps / max_time or a stop request."""
-        with self._session(module, "fit", datamodule):
+        with self._session(module, "fit", datamodule), PreemptionWatch(self.config.preemption_signals) as watch:
+            self._preemption = watch
             self._train_loaders = resolve_loaders("fit", train_dataloaders, datamodule, module)
             if not self._train_loaders:
                 raise ModuleError("fit needs training data: pass train_dataloaders, a datamodule, "
@@ -154,12 +166,14 @@ class Trainer:
             self._setup_optimizers(module)
             self._num_train_batches = batch_limit(self._train_loaders[0], self.config.limit_train_batches,
                                                   "limit_train_batches")
-            if ckpt_path is not None:
-                self._restore(ckpt_path)
+            rng_state = self._restore(ckpt_path) if ckpt_path is not None else None
+            self._prepare_data_order()
             self._announce_fit(module)
             self._start_loggers(module)
             self._hooks("on_fit_start")
             self._run_sanity_check()
+            if rng_state is not None:
+                restore_rng(rng_state)
             self._hooks("on_train_start")
             while not self._fit_done():
                 self._run_train_epoch()
@@ -241,6 +255,9 @@ class Trainer:
         except KeyboardInterrupt:
             status = "interrupted"
             log.warning("interrupted by the user (Ctrl-C); finishing cleanly")
+        except SystemExit:
+            status = "interrupted"
+            raise
         except BaseException as exc:
             status = "failed"
             self._hooks.callbacks("on_exception", exc)
@@ -252,6 +269,7 @@ class Trainer:
                 if status == "success":
                     raise
             finally:
+                self.wait_for_checkpoints()
                 final = self._metrics.latest() if status != "failed" else {}
                 for logger in self.loggers:
                     logger.finalize(status, final)
@@ -321,15 +339,12 @@ class Trainer:
     def _run_train_epoch(self) -> None:
         module = self.module
         self._metrics.set_stage("train")
-        self._metrics.begin_epoch("train")
+        if self.loop.batches_done == 0:
+            self._metrics.begin_epoch("train")
         self._hooks("on_train_epoch_start")
         module.train()
-        loader = self._train_loaders[0]
-        self._set_sampler_epoch(loader)
-        skip = self.loop.batches_done
-        for batch_idx, batch in enumerate(loader):
-            if batch_idx < skip:
-                continue
+        finished = True
+        for batch_idx, batch in self._epoch_batches(self._train_loaders[0]):
             if batch_idx >= self._num_train_batches:
                 break
             if self._train_batch(batch, batch_idx) == -1:
@@ -338,11 +353,39 @@ class Trainer:
                 self._publish_metrics()
             if self._should_validate(batch_idx):
                 self._run_validation()
+            if self._preemption.received:
+                self._exit_preempted()
             if self.should_stop or self._steps_reached() or self._time_up():
+                finished = self.loop.batches_done >= self._num_train_batches
                 break
-        if self._accumulated:
+        if self.loop.accumulated and finished:
             self._optimizer_step()
-        self._end_train_epoch()
+        self._end_train_epoch(finished)
+
+    def _epoch_batches(self, loader: Any) -> Iterator[tuple[int, Any]]:
+        """(batch_idx, batch) for the current epoch, starting after the batches already done."""
+        skip = self.loop.batches_done
+        sampler = getattr(loader, "sampler", None)
+        if isinstance(sampler, ResumableSampler):
+            sampler.set_epoch(self.loop.epoch)
+            sampler.set_start(skip * (loader.batch_size or 1))
+            reseed_workers(loader, self._data_seed, self.loop.epoch)
+            return enumerate(loader, start=skip)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.loop.epoch)
+        return itertools.islice(enumerate(loader), skip, None)
+
+    def _prepare_data_order(self) -> None:
+        """Own the training data order (seeded per epoch) so a resumed epoch skips without loading."""
+        if self._data_seed is None:
+            self._data_seed = self.config.seed if self.config.seed is not None \
+                else int(torch.randint(0, 2**62, ()).item())
+        loader, message = make_resumable(self._train_loaders[0], self._data_seed, self.world_size, self.global_rank)
+        self._train_loaders[0] = loader
+        self._val_loaders = [with_own_generator(v) for v in self._val_loaders]
+        if message != self._announced_data:
+            log.info(message)
+            self._announced_data = message
 
     def _train_batch(self, batch: Any, batch_idx: int) -> int | None:
         module = self.module
@@ -370,8 +413,8 @@ class Trainer:
         self._hooks("on_before_backward", loss)
         self._precision.backward(loss)
         self._hooks("on_after_backward")
-        self._accumulated += 1
-        if self._accumulated == self.config.accumulate_grad_batches or batch_idx + 1 == self._num_train_batches:
+        self.loop.accumulated += 1
+        if self.loop.accumulated == self.config.accumulate_grad_batches or batch_idx + 1 == self._num_train_batches:
             self._optimizer_step()
         self._end_train_batch(outputs, batch, batch_idx)
         return None
@@ -405,7 +448,7 @@ class Trainer:
         self._precision.step(optimizer)
         self._hooks("on_before_zero_grad", optimizer)
         optimizer.zero_grad(set_to_none=True)
-        self._accumulated = 0
+        self.loop.accumulated = 0
         self.loop.global_step += 1
         self._metrics.step = self.loop.global_step
         self._step_schedulers("step")
@@ -441,14 +484,17 @@ class Trainer:
     def _steps_reached(self) -> bool:
         return self.config.max_steps is not None and self.loop.global_step >= self.config.max_steps
 
-    def _end_train_epoch(self) -> None:
+    def _end_train_epoch(self, finished: bool) -> None:
+        """Epoch-end hooks and metrics; the loop moves to the next epoch only if this one ran to its end."""
         self._hooks.module("on_train_epoch_end")
         self._publish_metrics()
         self._publish_epoch_metrics("train")
-        self.loop.epoch_finished = True
+        if finished:
+            self._step_schedulers("epoch")
+            self.loop.epoch_finished = True
         self._hooks.callbacks("on_train_epoch_end")
-        self._step_schedulers("epoch")
-        self.loop.next_epoch()
+        if finished:
+            self.loop.next_epoch()
 
     @property
     def _validation_enabled(self) -> bool:
@@ -472,11 +518,6 @@ class Trainer:
         if every is None:
             return self.loop.total_batches % interval == 0
         return done % interval == 0
-
-    def _set_sampler_epoch(self, loader: Any) -> None:
-        sampler = getattr(loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(self.loop.epoch)
 
     # -- validation, test, predict ------------------------------------------------------
 
@@ -571,24 +612,66 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------
 
-    def save_checkpoint(self, path: str | Path, weights_only: bool = False) -> Path:
+    def save_checkpoint(self, path: str | Path, weights_only: bool = False, *, background: bool = False,
+                        on_done: OnDone | None = None) -> Path:
         """Write a checkpoint atomically; the previous file at ``path`` survives a crash.
 
-        Pending losses are checked first, so with on_nonfinite_loss="raise" weights from a
-        NaN/Inf step are never written (nor replace a good checkpoint).
+        With ``background=True`` (and ``async_checkpointing`` on) the call blocks only to
+        copy the state off the compute path; the write happens on a background thread and
+        ``on_done(path, error)`` is called there when it ends. Pending losses are checked
+        first, so with on_nonfinite_loss="raise" weights from a NaN/Inf step are never written.
         """
+        path = Path(path)
         self._publisher.check_losses()
-        return save_checkpoint(self._checkpoint_state(weights_only), path)
+        state = self._checkpoint_state(weights_only)
+        summary = self._checkpoint_summary()
+        if background and self.config.async_checkpointing:
+            if self._writer is None:
+                self._writer = AsyncCheckpointWriter()
+            self._writer.save(state, path, summary, self._recorded(on_done))
+            return path
+        self.wait_for_checkpoints()
+        error: BaseException | None = None
+        try:
+            save_checkpoint(state, path, summary)
+        except CheckpointError as exc:
+            error = exc
+        self._recorded(on_done)(path, error)
+        if error is not None and on_done is None:
+            raise error
+        return path
+
+    def wait_for_checkpoints(self) -> None:
+        """Block until the background checkpoint write in flight (if any) is on disk."""
+        if self._writer is not None:
+            self._writer.wait()
+
+    def _recorded(self, on_done: OnDone | None) -> OnDone:
+        """``on_done`` plus an entry in the run's event log."""
+        step, epoch = self.global_step, self.current_epoch
+
+        def done(path: Path, error: BaseException | None) -> None:
+            if error is None:
+                append_event(self.run_dir, "checkpoint", path=str(path), step=step, epoch=epoch)
+            else:
+                append_event(self.run_dir, "checkpoint_failed", path=str(path), step=step, error=str(error))
+            if on_done is not None:
+                on_done(path, error)
+
+        return done
+
+    def _checkpoint_summary(self) -> dict[str, Any]:
+        return {"step": self.global_step, "epoch": self.current_epoch, "batches_done": self.loop.batches_done,
+                "world_size": self.world_size, "metrics": self._metrics.latest()}
 
     def _checkpoint_state(self, weights_only: bool = False) -> dict[str, Any]:
+        """Everything needed to continue bit-for-bit (docs/checkpoints.md lists each part)."""
         module = self.module
         state: dict[str, Any] = {
-            "format": "traindeck",
-            "version": FORMAT_VERSION,
             "state_dict": module.state_dict(),
             "hyper_parameters": dict(module.hparams),
             "loop": self.loop.state_dict(),
-            "metrics": self._metrics.latest(),
+            "world_size": self.world_size,
         }
         if not weights_only:
             state["optimizers"] = [opt.state_dict() for opt in self.optimizers]
@@ -596,13 +679,20 @@ class Trainer:
             state["precision"] = self._precision.state_dict()
             state["callbacks"] = {cb.state_key: cb.state_dict() for cb in self.callbacks}
             state["loggers"] = [logger.state_dict() for logger in self.loggers]
+            state["metrics"] = self._metrics.state_dict()
+            state["data"] = {"seed": self._data_seed}
+            state["rng"] = capture_rng()
+            if self.loop.accumulated:
+                state["grads"] = [p.grad for p in module.parameters()]
             if self.datamodule is not None:
                 state["datamodule"] = self.datamodule.state_dict()
         module.on_save_checkpoint(state)
         self._hooks.callbacks("on_save_checkpoint", state)
         return state
 
-    def _restore(self, ckpt_path: str | Path, weights_only: bool = False) -> None:
+    def _restore(self, ckpt_path: str | Path, weights_only: bool = False) -> dict[str, Any] | None:
+        """Load a checkpoint into the module (and, for fit, everything else); returns its RNG state."""
+        self.wait_for_checkpoints()
         path = self._resolve_ckpt_path(ckpt_path)
         state = load_checkpoint(path)
         module = self.module
@@ -611,44 +701,73 @@ class Trainer:
         except RuntimeError as exc:
             raise CheckpointError(f"checkpoint {path} does not match {type(module).__name__}: {exc}") from exc
         module.on_load_checkpoint(state)
-        if not weights_only:
-            saved = state.get("optimizers", [])
-            if len(saved) != len(self.optimizers):
-                raise CheckpointError(f"checkpoint {path} holds {len(saved)} optimizer states but the module "
-                                      f"configures {len(self.optimizers)}")
-            for opt, opt_state in zip(self.optimizers, saved):
-                opt.load_state_dict(opt_state)
-            for config, sched_state in zip(self.lr_scheduler_configs, state.get("lr_schedulers", [])):
-                config.scheduler.load_state_dict(sched_state)
-            self._precision.load_state_dict(state.get("precision", {}))
-            for cb in self.callbacks:
-                if cb.state_key in state.get("callbacks", {}):
-                    cb.load_state_dict(state["callbacks"][cb.state_key])
-            self._hooks.callbacks("on_load_checkpoint", state)
-            for logger, logger_state in zip(self.loggers, state.get("loggers", [])):
-                logger.load_state_dict(logger_state)
-            if self.datamodule is not None and "datamodule" in state:
-                self.datamodule.load_state_dict(state["datamodule"])
-            self.loop.load_state_dict(state["loop"])
-            self._metrics.step = self.loop.global_step
         if weights_only:
             log.info(f"loaded weights from {path}")
-        else:
-            log.info(f"resuming from {path} at epoch {self.loop.epoch}, step {self.loop.global_step}")
+            return None
+        saved_world = state.get("world_size", 1)
+        if saved_world != self.world_size:
+            raise CheckpointError(f"checkpoint {path} was saved by {saved_world} processes but this run has "
+                                  f"{self.world_size}; resume with the same number of devices")
+        saved = state.get("optimizers", [])
+        if len(saved) != len(self.optimizers):
+            raise CheckpointError(f"checkpoint {path} holds {len(saved)} optimizer states but the module "
+                                  f"configures {len(self.optimizers)}")
+        for opt, opt_state in zip(self.optimizers, saved):
+            opt.load_state_dict(opt_state)
+        for config, sched_state in zip(self.lr_scheduler_configs, state.get("lr_schedulers", [])):
+            config.scheduler.load_state_dict(sched_state)
+        self._precision.load_state_dict(state.get("precision", {}))
+        for cb in self.callbacks:
+            if cb.state_key in state.get("callbacks", {}):
+                cb.load_state_dict(state["callbacks"][cb.state_key])
+        self._hooks.callbacks("on_load_checkpoint", state)
+        for logger, logger_state in zip(self.loggers, state.get("loggers", [])):
+            logger.load_state_dict(logger_state)
+        if self.datamodule is not None and "datamodule" in state:
+            self.datamodule.load_state_dict(state["datamodule"])
+        for param, grad in zip(module.parameters(), state.get("grads", [])):
+            param.grad = grad.to(param.device) if grad is not None else None
+        self.loop.load_state_dict(state["loop"])
+        self._metrics.load_state_dict(state.get("metrics", {}))
+        self._metrics.step = self.loop.global_step
+        self._data_seed = state.get("data", {}).get("seed")
+        log.info(f"resuming from {path} at epoch {self.loop.epoch}, step {self.loop.global_step}, "
+                 f"batch {self.loop.batches_done} of the epoch")
+        append_event(self.run_dir, "resumed", path=str(path), step=self.loop.global_step)
+        return state.get("rng")
 
     def _resolve_ckpt_path(self, ckpt_path: str | Path) -> Path:
-        if ckpt_path in ("last", "best"):
-            callback = self.checkpoint_callback
-            found = None
-            if callback is not None:
-                found = callback.last_model_path if ckpt_path == "last" else callback.best_model_path
-                if not found and ckpt_path == "last":
-                    found = callback.find_last()
-            if not found:
-                raise CheckpointError(f"ckpt_path={ckpt_path!r}: no {ckpt_path} checkpoint was found "
-                                      f"for this run; pass a file path instead")
-            return Path(found)
-        return Path(ckpt_path)
+        """A file path for ``ckpt_path``; "last" falls back to the newest valid checkpoint."""
+        if ckpt_path not in ("last", "best"):
+            return Path(ckpt_path)
+        callback = self.checkpoint_callback
+        if ckpt_path == "best":
+            best = callback.best_model_path if callback is not None else ""
+            if not best:
+                raise CheckpointError("ckpt_path='best': no best checkpoint is known for this run "
+                                      "(it needs a ModelCheckpoint with monitor=...); pass a file path instead")
+            return Path(best)
+        candidates = callback.candidates() if callback is not None else []
+        for i, candidate in enumerate(candidates):
+            valid, reason = verify(candidate)
+            if valid:
+                if i:
+                    log.warning(f"ckpt_path='last': using {candidate}, the newest valid checkpoint")
+                return candidate
+            log.warning(f"ckpt_path='last': skipping {candidate}: {reason}")
+        raise CheckpointError("ckpt_path='last': no valid checkpoint was found in "
+                              f"{callback.dirpath if callback is not None else 'this run'}; pass a file path")
+
+    def _exit_preempted(self) -> None:
+        """Save on a preemption signal, record it, and exit with PREEMPTED_EXIT_CODE."""
+        signal_name = self._preemption.received
+        directory = self.checkpoint_callback.dirpath if self.checkpoint_callback is not None else None
+        directory = directory or (self.run_dir or Path(self.config.default_root_dir)) / "checkpoints"
+        path = self.save_checkpoint(Path(directory) / "last.ckpt")
+        message = f"preempted by {signal_name}, checkpoint at step {self.global_step}: {path}"
+        log.warning(message + f"; exiting with status {PREEMPTED_EXIT_CODE}")
+        append_event(self.run_dir, "preempted", signal=signal_name, step=self.global_step, path=str(path))
+        raise SystemExit(PREEMPTED_EXIT_CODE)
 
     # -- start-up summary ----------------------------------------------------------------
 
@@ -674,7 +793,6 @@ class Trainer:
         c = self.config
         self._fit_start_time = time.monotonic()
         self._publisher.next_flush = time.monotonic() + FLUSH_INTERVAL_S
-        self._accumulated = 0
         if c.fast_dev_run:
             log.info(f"fast_dev_run: {c.fast_dev_run} batch(es) per stage; loggers and checkpoints are off")
         elif c.defaulted_max_epochs:

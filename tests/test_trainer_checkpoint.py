@@ -111,7 +111,7 @@ def test_a_missing_monitor_is_a_config_error_listing_logged_metrics(make_trainer
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"mode": "mid"}, "mode='mid'"),
-    ({"save_top_k": 3}, "also pass monitor"),
+    ({"save_top_k": -2}, "save_top_k=-2"),
     ({"every_n_train_steps": -1}, "every_n_train_steps=-1"),
 ])
 def test_bad_checkpoint_arguments_are_config_errors(kwargs, message):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,9 @@ class ModelCheckpoint(Callback):
     """Saves to ``dirpath`` (default ``<run dir>/checkpoints``).
 
     Without ``monitor`` the newest ``save_top_k`` checkpoints are kept; with it, the best
-    ``save_top_k`` by ``mode``. ``save_last`` also writes ``last.ckpt`` at every save.
+    ``save_top_k`` by ``mode``. ``save_last`` also points ``last.ckpt`` at every save (a
+    hard link, no second write). Saves run in the background; an older file is deleted
+    only after the file replacing it is safely on disk, so a valid checkpoint always stays.
     Triggers: ``every_n_train_steps``, ``train_time_interval`` (seconds or timedelta), and
     ``every_n_epochs`` (the default: once per epoch, after validation when there is one).
     """
@@ -43,9 +48,6 @@ class ModelCheckpoint(Callback):
             raise ConfigError(f"ModelCheckpoint(mode={mode!r}): use 'min' or 'max'")
         if save_top_k < -1:
             raise ConfigError(f"ModelCheckpoint(save_top_k={save_top_k}): use -1 (all), 0 (none) or k > 0")
-        if monitor is None and save_top_k not in (-1, 0, 1):
-            raise ConfigError(f"ModelCheckpoint(save_top_k={save_top_k}) ranks checkpoints by a metric; "
-                              "also pass monitor='val/loss' (or similar)")
         for name, value in (("every_n_train_steps", every_n_train_steps), ("every_n_epochs", every_n_epochs)):
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise ConfigError(f"ModelCheckpoint({name}={value!r}): use a non-negative integer")
@@ -68,6 +70,7 @@ class ModelCheckpoint(Callback):
         self.best_model_score: float | None = None
         self.last_model_path = ""
         self._saved_paths: list[str] = []
+        self._failed: list[str] = []
         self._last_saved_step = -1
         self._last_time_save = time.monotonic()
 
@@ -108,26 +111,64 @@ class ModelCheckpoint(Callback):
         if trainer.global_step == self._last_saved_step or not trainer.is_global_zero or self.dirpath is None \
                 or trainer.config.fast_dev_run:
             return
+        self._forget_failed()
         self._last_saved_step = trainer.global_step
         self._last_time_save = time.monotonic()
         metrics = trainer._metrics.latest()
         score = self._score(metrics)
         if self.save_top_k != 0 and self._qualifies(score):
-            path = self.dirpath / (self._format(trainer, metrics) + ".ckpt")
-            try:
-                trainer.save_checkpoint(path, weights_only=self.save_weights_only)
-            except CheckpointError as exc:
-                log.error(f"{exc}; training continues and the save is retried at the next trigger")
-                self._last_saved_step = -1
-                return
-            self._record(str(path), score)
+            path = str(self.dirpath / (self._format(trainer, metrics) + ".ckpt"))
+            dropped = self._record(path, score)
+            trainer.save_checkpoint(path, weights_only=self.save_weights_only, background=True,
+                                    on_done=functools.partial(self._written, dropped))
+        elif self.save_last:
+            trainer.save_checkpoint(self.dirpath / "last.ckpt", weights_only=self.save_weights_only,
+                                    background=True, on_done=self._written_last)
+
+    def _written(self, dropped: list[str], path: Path, error: BaseException | None) -> None:
+        """After a write (on the writer thread): drop superseded files only once the new one is safe."""
+        if error is not None:
+            self._failed.append(str(path))
+            log.error(f"{error}; training continues and the save is retried at the next trigger")
+            return
+        for old in dropped:
+            Path(old).unlink(missing_ok=True)
         if self.save_last:
-            last = self.dirpath / "last.ckpt"
+            self._link_last(path)
+
+    def _written_last(self, path: Path, error: BaseException | None) -> None:
+        if error is not None:
+            log.error(f"{error}; training continues")
+        else:
+            self.last_model_path = str(path)
+
+    def _link_last(self, path: Path) -> None:
+        """Point last.ckpt at ``path`` atomically: a hard link, or a copy where links are not allowed."""
+        last = path.parent / "last.ckpt"
+        tmp = path.parent / f".last.ckpt.{os.getpid()}.link"
+        try:
+            tmp.unlink(missing_ok=True)
             try:
-                trainer.save_checkpoint(last, weights_only=self.save_weights_only)
-                self.last_model_path = str(last)
-            except CheckpointError as exc:
-                log.error(f"{exc}; training continues")
+                os.link(path, tmp)
+            except OSError:
+                shutil.copyfile(path, tmp)
+            os.replace(tmp, last)
+            self.last_model_path = str(last)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            log.error(f"could not update {last}: {exc.strerror or exc}; training continues")
+
+    def _forget_failed(self) -> None:
+        """Drop the bookkeeping of writes that failed, so the next trigger saves again."""
+        while self._failed:
+            path = self._failed.pop()
+            self.best_k_models.pop(path, None)
+            if path in self._saved_paths:
+                self._saved_paths.remove(path)
+        if self.monitor is not None and self.best_k_models and self.best_model_path not in self.best_k_models:
+            self._pick_best()
+        elif self.monitor is None:
+            self.best_model_path = self._saved_paths[-1] if self._saved_paths else ""
 
     def _score(self, metrics: dict[str, float]) -> float | None:
         if self.monitor is None:
@@ -152,28 +193,34 @@ class ModelCheckpoint(Callback):
             return True
         return self._better(score, self.best_k_models[self._worst_path()])
 
-    def _record(self, path: str, score: float | None) -> None:
+    def _record(self, path: str, score: float | None) -> list[str]:
+        """Book ``path`` as saved; returns the files it supersedes (deleted once it is on disk)."""
         if self.monitor is None:
-            if self.save_top_k == 1:
-                for old in self._saved_paths:
-                    if old != path:
-                        Path(old).unlink(missing_ok=True)
-                self._saved_paths = []
+            if path in self._saved_paths:
+                self._saved_paths.remove(path)
             self._saved_paths.append(path)
+            dropped = []
+            while self.save_top_k != -1 and len(self._saved_paths) > self.save_top_k:
+                dropped.append(self._saved_paths.pop(0))
             self.best_model_path = path
-            self.last_model_path = self.last_model_path if self.save_last else path
-            return
+            if not self.save_last:
+                self.last_model_path = path
+            return dropped
         self.best_k_models[path] = score  # type: ignore[assignment]
+        dropped = []
         if self.save_top_k != -1 and len(self.best_k_models) > self.save_top_k:
             worst = self._worst_path()
             del self.best_k_models[worst]
-            if worst != path:
-                Path(worst).unlink(missing_ok=True)
+            dropped.append(worst)
+        self._pick_best()
+        if not self.save_last:
+            self.last_model_path = path
+        return [d for d in dropped if d != path]
+
+    def _pick_best(self) -> None:
         pick = min if self.mode == "min" else max
         self.best_model_path = pick(self.best_k_models, key=self.best_k_models.__getitem__)
         self.best_model_score = self.best_k_models[self.best_model_path]
-        if not self.save_last:
-            self.last_model_path = path
 
     def _format(self, trainer: Any, metrics: dict[str, float]) -> str:
         values = {"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics}
@@ -189,12 +236,13 @@ class ModelCheckpoint(Callback):
 
         return _FIELD.sub(field, self.filename)
 
-    def find_last(self) -> str:
-        """The newest checkpoint file in ``dirpath`` (by modification time), or ""."""
+    def candidates(self) -> list[Path]:
+        """Checkpoint files to resume from, newest first: last.ckpt, then by modification time."""
         if self.dirpath is None or not self.dirpath.is_dir():
-            return ""
-        files = sorted(self.dirpath.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-        return str(files[-1]) if files else ""
+            return []
+        files = sorted(self.dirpath.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+        last = [p for p in files if p.name == "last.ckpt"]
+        return last + [p for p in files if p.name != "last.ckpt"]
 
     # -- resumable state -----------------------------------------------------------------
 
