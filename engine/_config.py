@@ -14,6 +14,7 @@ from engine._precision import normalize_precision
 __all__ = ["TrainerConfig", "parse_duration"]
 
 _NONFINITE = ("raise", "warn", "skip")
+_STRATEGIES = ("auto", "single_device", "ddp", "ddp_find_unused_parameters_true")
 
 
 def parse_duration(value: Any) -> float | None:
@@ -64,6 +65,7 @@ class TrainerConfig:
     devices: int | str | list[int] = "auto"
     strategy: str = "auto"
     num_nodes: int = 1
+    process_group_timeout_s: float = 1800.0
     val_check_interval: int | float = 1.0
     check_val_every_n_epoch: int | None = 1
     limit_train_batches: int | float = 1.0
@@ -116,15 +118,16 @@ class TrainerConfig:
             raise ConfigError(f"log_every_n_steps={self.log_every_n_steps!r} must be an integer >= 1")
         if self.on_nonfinite_loss not in _NONFINITE:
             raise ConfigError(f"on_nonfinite_loss={self.on_nonfinite_loss!r}: use one of {list(_NONFINITE)}")
-        if self.devices not in ("auto", 1, [0]) and not (isinstance(self.devices, list) and len(self.devices) == 1):
-            raise ConfigError(
-                f"devices={self.devices!r}: this version trains in one process; more than one device "
-                "is not supported yet. Use devices=1 (or 'auto')"
-            )
-        if self.strategy not in ("auto", "single_device"):
-            raise ConfigError(f"strategy={self.strategy!r}: this version trains in one process; use 'auto'")
-        if self.num_nodes != 1:
-            raise ConfigError(f"num_nodes={self.num_nodes!r}: this version trains on one node; use 1")
+        devices = self.devices
+        if not (devices == "auto" or (isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1)
+                or (isinstance(devices, list) and devices and all(isinstance(d, int) for d in devices))):
+            raise ConfigError(f"devices={devices!r}: use 'auto', a number of devices (>= 1) or a list of indices")
+        if self.strategy not in _STRATEGIES:
+            raise ConfigError(f"strategy={self.strategy!r}: use one of {list(_STRATEGIES)}")
+        if isinstance(self.num_nodes, bool) or not isinstance(self.num_nodes, int) or self.num_nodes < 1:
+            raise ConfigError(f"num_nodes={self.num_nodes!r}: use a positive integer")
+        if not isinstance(self.process_group_timeout_s, (int, float)) or self.process_group_timeout_s <= 0:
+            raise ConfigError(f"process_group_timeout_s={self.process_group_timeout_s!r} must be positive")
         if self.fast_dev_run:
             n = self.fast_dev_run
             self.max_epochs, self.max_steps, self.num_sanity_val_steps = 1, n, 0
@@ -136,3 +139,10 @@ class TrainerConfig:
             self.defaulted_max_epochs = True
         else:
             self.defaulted_max_epochs = False
+
+    @property
+    def devices_per_node(self) -> int | None:
+        """How many processes per node the user asked for (None: follow the launcher)."""
+        if self.devices == "auto":
+            return None
+        return len(self.devices) if isinstance(self.devices, list) else int(self.devices)

@@ -79,6 +79,7 @@ class _EpochBuffer:
     reduce: str
     to_logger: bool
     plain_name: str | None = None
+    sync: bool = False
     values: list[torch.Tensor | float] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
     folded: torch.Tensor | None = None
@@ -161,6 +162,7 @@ class MetricCollector:
     def end_epoch(self, stage: str) -> tuple[dict[str, float], dict[str, float]]:
         """Reduce ``stage``'s on_epoch values to floats (one sync): (all, those for loggers)."""
         buffers = self._epoch.pop(stage, {})
+        _sync_across_ranks([b for b in buffers.values() if b.sync])
         results = {name: buf.result() for name, buf in buffers.items()}
         results = {name: r for name, r in results.items() if r is not None}
         out = dict(zip(results.keys(), materialise(results.values())))
@@ -270,7 +272,8 @@ class MetricCollector:
             buffers = self._epoch.setdefault(self.stage, {})
             buf = buffers.get(key)
             if buf is None:
-                buf = buffers[key] = _EpochBuffer(spec.reduce, spec.logger, name + suffix if both else None)
+                buf = buffers[key] = _EpochBuffer(spec.reduce, spec.logger, name + suffix if both else None,
+                                                  spec.sync_dist)
             weight = 1.0
             if spec.reduce == "mean":
                 weight = float(batch_size) if batch_size is not None else float(self._infer_batch_size())
@@ -280,6 +283,31 @@ class MetricCollector:
         if self._batch_size is None:
             self._batch_size = _batch_size_of(self._batch)
         return self._batch_size
+
+
+def _sync_across_ranks(buffers: list[_EpochBuffer]) -> None:
+    """Reduce ``sync_dist`` epoch values over all ranks: one all-reduce per reduction kind."""
+    import torch.distributed as dist
+
+    if not buffers or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    ops = {"mean": dist.ReduceOp.SUM, "sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+    for reduce, op in ops.items():
+        group = [b for b in buffers if b.reduce == reduce]
+        if not group:
+            continue
+        partials = [b.partial() for b in group]
+        device = next((p.device for p in partials if p is not None), torch.device("cpu"))
+        values = [p.to(device, torch.float64) if p is not None else torch.zeros((), dtype=torch.float64,
+                                                                              device=device) for p in partials]
+        if reduce == "mean":
+            values += [torch.tensor(b.folded_weight, dtype=torch.float64, device=device) for b in group]
+        packed = torch.stack(values)
+        dist.all_reduce(packed, op=op)
+        for i, buf in enumerate(group):
+            buf.folded = packed[i]
+            if reduce == "mean":
+                buf.folded_weight = float(packed[len(group) + i])
 
 
 def _batch_size_of(batch: Any) -> int:

@@ -11,6 +11,7 @@ __all__ = ["choose_run_dir"]
 
 RUN_DIR_ENV = "TRAINDECK_RUN_DIR"
 RUN_NAME_ENV = "TRAINDECK_RUN_NAME"
+TORCHRUN_ARGS_ENV = "TRAINDECK_TORCHRUN_ARGS"
 
 
 def _default_name() -> str:

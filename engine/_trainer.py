@@ -12,9 +12,11 @@ import contextlib
 import itertools
 import math
 import os
+import shlex
+import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ContextManager, Iterator
 
 import torch
 
@@ -25,6 +27,18 @@ from engine._checkpoint_format import verify
 from engine._checkpoint_io import load_checkpoint, save_checkpoint
 from engine._config import TrainerConfig
 from engine._data import batch_limit, resolve_loaders
+from engine._distributed import (
+    ControlPoint,
+    all_gather_object,
+    broadcast_object,
+    control_group,
+    init_group,
+    read_launch_env,
+    relaunch_command,
+    run_launcher,
+    set_parent_death_signal,
+)
+from engine._failures import report_failures, write_failure
 from engine._events import append_event
 from engine._errors import CheckpointError, ConfigError, ModuleError, NonFiniteLossError
 from engine._hooks import HookDispatcher
@@ -36,9 +50,10 @@ from engine._precision import Precision
 from engine._preemption import PREEMPTED_EXIT_CODE, PreemptionWatch
 from engine._publish import FLUSH_INTERVAL_S, MetricPublisher
 from engine._rng import capture_rng, restore_rng
-from engine._run_dir import choose_run_dir
+from engine._run_dir import RUN_DIR_ENV, TORCHRUN_ARGS_ENV, choose_run_dir
 from engine._sampling import ResumableSampler, make_resumable, reseed_workers, with_own_generator
 from engine._seed import enable_determinism, seed_everything
+from engine._step_runner import StepRunner
 from engine.callbacks._base import Callback
 
 __all__ = ["Trainer"]
@@ -64,9 +79,11 @@ class Trainer:
         self._logger_arg = loggers if loggers is not None else logger
         if self.config.seed is not None:
             seed_everything(self.config.seed)
-        self.global_rank = int(os.environ.get("RANK", 0))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
+        self._launch = read_launch_env()
+        self.global_rank = self._launch.rank
+        self.local_rank = self._launch.local_rank
+        self.world_size = self._launch.world_size
+        self._check_launch_matches_config()
         self.loop = LoopState()
         self.should_stop = False
         self.sanity_checking = False
@@ -89,6 +106,8 @@ class Trainer:
         self._data_seed: int | None = None
         self._announced_data = ""
         self._preemption = PreemptionWatch(())
+        self._ddp: torch.nn.parallel.DistributedDataParallel | None = None
+        self._control: ControlPoint | None = None
 
     # -- attributes users reach for ------------------------------------------------------
 
@@ -155,7 +174,13 @@ class Trainer:
         datamodule: Any = None,
         ckpt_path: str | Path | None = None,
     ) -> None:
-        """Train ``module`` until max_epochs / max_steps / max_time or a stop request."""
+        """Train ``module`` until max_epochs / max_steps / max_time or a stop request.
+
+        With ``devices``/``num_nodes`` asking for more than one process and no launcher
+        around, this re-runs the script under torchrun and exits with the group's status.
+        """
+        if self._needs_launch():
+            self._launch_group()
         with self._session(module, "fit", datamodule), PreemptionWatch(self.config.preemption_signals) as watch:
             self._preemption = watch
             self._train_loaders = resolve_loaders("fit", train_dataloaders, datamodule, module)
@@ -164,10 +189,11 @@ class Trainer:
                                   "or define train_dataloader() on the module")
             self._val_loaders = resolve_loaders("validate", val_dataloaders, datamodule, module)
             self._setup_optimizers(module)
-            self._num_train_batches = batch_limit(self._train_loaders[0], self.config.limit_train_batches,
-                                                  "limit_train_batches")
+            self._wrap_for_distributed(module)
             rng_state = self._restore(ckpt_path) if ckpt_path is not None else None
             self._prepare_data_order()
+            self._num_train_batches = batch_limit(self._train_loaders[0], self.config.limit_train_batches,
+                                                  "limit_train_batches")
             self._announce_fit(module)
             self._start_loggers(module)
             self._hooks("on_fit_start")
@@ -238,6 +264,12 @@ class Trainer:
             enable_determinism()
         choice = choose_device(self.config.accelerator, self.config.devices, self.local_rank)
         self._device, self._device_reason = choice.device, choice.reason
+        if self.world_size > 1:
+            if self._launch.source == "torchrun":
+                set_parent_death_signal()
+            init_group(self._device, self.config.process_group_timeout_s)
+            if self._control is None:
+                self._control = ControlPoint(control_group(), self.global_rank)
         self._precision = Precision(self.config.precision, self._device)
         module._trainer = self
         module.to(self._device)
@@ -260,6 +292,7 @@ class Trainer:
             raise
         except BaseException as exc:
             status = "failed"
+            self._record_failure(exc)
             self._hooks.callbacks("on_exception", exc)
             raise
         finally:
@@ -288,7 +321,8 @@ class Trainer:
                 self._default_checkpoint = ModelCheckpoint()
             if self._default_checkpoint is not None:
                 callbacks.append(self._default_checkpoint)
-        if self.config.enable_progress_bar and not any(isinstance(cb, ProgressBar) for cb in callbacks):
+        if self.config.enable_progress_bar and self.is_global_zero \
+                and not any(isinstance(cb, ProgressBar) for cb in callbacks):
             callbacks.insert(0, ProgressBar())
         checkpoints = [cb for cb in callbacks if isinstance(cb, ModelCheckpoint)]
         return [cb for cb in callbacks if not isinstance(cb, ModelCheckpoint)] + checkpoints
@@ -307,7 +341,8 @@ class Trainer:
             if bad:
                 raise ConfigError(f"loggers must be engine.loggers.Logger instances; got {bad}")
         if self.run_dir is None and (loggers or (stage == "fit" and not self.config.fast_dev_run)):
-            self.run_dir = choose_run_dir(self.config.default_root_dir, self.config.name)
+            chosen = choose_run_dir(self.config.default_root_dir, self.config.name) if self.is_global_zero else None
+            self.run_dir = Path(broadcast_object(str(chosen) if chosen else None))
         for logger in loggers:
             logger.bind(self.run_dir)
         return loggers
@@ -322,6 +357,75 @@ class Trainer:
         if not module.automatic_optimization and self._precision.scaler is not None:
             raise ConfigError("precision='16-mixed' with manual optimization is not supported; "
                               "use 'bf16-mixed' or automatic optimization")
+
+    # -- processes: launch, group, agreement ---------------------------------------------
+
+    def _check_launch_matches_config(self) -> None:
+        """Under a launcher the environment decides the world size; a disagreeing argument is an error."""
+        if not self._launch.launched:
+            return
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
+        nodes = max(1, self.world_size // per_node)
+        asked = self.config.devices_per_node
+        if asked is not None and asked != per_node:
+            raise ConfigError(f"devices={self.config.devices!r} but {self._launch.source} started {per_node} "
+                              f"processes per node; pass devices='auto' or launch {asked} per node")
+        if self.config.num_nodes != 1 and self.config.num_nodes != nodes:
+            raise ConfigError(f"num_nodes={self.config.num_nodes} but {self._launch.source} started "
+                              f"{nodes} node{'s' if nodes > 1 else ''}; pass the same number to both")
+
+    def _needs_launch(self) -> bool:
+        return not self._launch.launched and (self.config.devices_per_node or 1) * self.config.num_nodes > 1
+
+    def _launch_group(self) -> None:
+        """Re-run this script under torchrun as the group asked for, then exit with its status."""
+        main = sys.modules.get("__main__")
+        script = getattr(main, "__file__", None)
+        if not script or not sys.argv or Path(script).resolve() != Path(sys.argv[0]).resolve():
+            raise ConfigError(
+                f"devices={self.config.devices!r} starts one process per device by re-running your script "
+                "under torchrun, which needs a script file (python train.py); from a notebook or an "
+                "embedded interpreter, start the job with torchrun yourself"
+            )
+        per_node = self.config.devices_per_node or 1
+        run_dir = choose_run_dir(self.config.default_root_dir, self.config.name)
+        os.environ[RUN_DIR_ENV] = str(run_dir)
+        extra = shlex.split(os.environ.get(TORCHRUN_ARGS_ENV, ""))
+        command = relaunch_command(per_node, self.config.num_nodes, sys.argv, extra)
+        log.info(f"launching {per_node * self.config.num_nodes} processes under torchrun: {shlex.join(command)}")
+        status = run_launcher(command)
+        report_failures(run_dir)
+        raise SystemExit(status)
+
+    def _wrap_for_distributed(self, module: Module) -> None:
+        if self.world_size == 1:
+            return
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [self._device.index] if self._device.type == "cuda" else None
+        find_unused = self.config.strategy == "ddp_find_unused_parameters_true"
+        self._ddp = DistributedDataParallel(StepRunner(module), device_ids=device_ids,
+                                            find_unused_parameters=find_unused)
+
+    def _agree(self) -> None:
+        """Make stop and preemption decisions the same on every rank (a no-op in one process)."""
+        if self._control is None:
+            return
+        local = [int(self.should_stop), int(self._preemption.received is not None)]
+        stop, preempt = self._control.agree(self.loop.total_batches, local)
+        self.should_stop = bool(stop)
+        if preempt and self._preemption.received is None:
+            self._preemption.received = "a peer rank's signal"
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        """Rank ``src``'s ``obj`` on every rank (identity in one process)."""
+        return broadcast_object(obj, src)
+
+    def _record_failure(self, exc: BaseException) -> None:
+        """Leave the traceback where the launcher and torchrun report it."""
+        if self.world_size == 1 or isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            return
+        write_failure(self.run_dir, self.global_rank, exc)
 
     # -- the training loop ---------------------------------------------------------------
 
@@ -353,6 +457,8 @@ class Trainer:
                 self._publish_metrics()
             if self._should_validate(batch_idx):
                 self._run_validation()
+            if self._control is None or self._control.due(self.loop.total_batches):
+                self._agree()
             if self._preemption.received:
                 self._exit_preempted()
             if self.should_stop or self._steps_reached() or self._time_up():
@@ -380,10 +486,14 @@ class Trainer:
         if self._data_seed is None:
             self._data_seed = self.config.seed if self.config.seed is not None \
                 else int(torch.randint(0, 2**62, ()).item())
+        self._data_seed = broadcast_object(self._data_seed)
         loader, message = make_resumable(self._train_loaders[0], self._data_seed, self.world_size, self.global_rank)
         self._train_loaders[0] = loader
-        self._val_loaders = [with_own_generator(v) for v in self._val_loaders]
-        if message != self._announced_data:
+        if self.world_size > 1:
+            self._val_loaders = [make_resumable(v, 0, self.world_size, self.global_rank)[0] for v in self._val_loaders]
+        else:
+            self._val_loaders = [with_own_generator(v) for v in self._val_loaders]
+        if message != self._announced_data and self.is_global_zero:
             log.info(message)
             self._announced_data = message
 
@@ -395,29 +505,44 @@ class Trainer:
             return -1
         if not module.automatic_optimization:
             with self._precision.autocast():
-                outputs = module.training_step(batch, batch_idx)
+                outputs = self._step("training_step", batch, batch_idx)
             self.loop.global_step += 1
             self._metrics.step = self.loop.global_step
             self._end_train_batch(outputs, batch, batch_idx)
             return None
-        with self._precision.autocast():
-            outputs = module.training_step(batch, batch_idx)
-        loss = self._loss_from(outputs)
-        if self.config.on_nonfinite_loss == "skip" and not bool(torch.isfinite(loss)):
-            log.warning(f"non-finite loss at step {self.loop.global_step} (batch {batch_idx}); step skipped")
-            self._end_train_batch(outputs, batch, batch_idx)
-            return None
-        self._publisher.losses.append((self.loop.global_step, loss.detach()))
-        if self.config.accumulate_grad_batches > 1:
-            loss = loss / self.config.accumulate_grad_batches
-        self._hooks("on_before_backward", loss)
-        self._precision.backward(loss)
+        completes = (self.loop.accumulated + 1 == self.config.accumulate_grad_batches
+                     or batch_idx + 1 == self._num_train_batches)
+        with self._gradient_sync(completes):
+            with self._precision.autocast():
+                outputs = self._step("training_step", batch, batch_idx)
+            loss = self._loss_from(outputs)
+            if self.config.on_nonfinite_loss == "skip" and not bool(torch.isfinite(loss)):
+                log.warning(f"non-finite loss at step {self.loop.global_step} (batch {batch_idx}); step skipped")
+                self._end_train_batch(outputs, batch, batch_idx)
+                return None
+            self._publisher.losses.append((self.loop.global_step, loss.detach()))
+            if self.config.accumulate_grad_batches > 1:
+                loss = loss / self.config.accumulate_grad_batches
+            self._hooks("on_before_backward", loss)
+            self._precision.backward(loss)
         self._hooks("on_after_backward")
         self.loop.accumulated += 1
-        if self.loop.accumulated == self.config.accumulate_grad_batches or batch_idx + 1 == self._num_train_batches:
+        if completes:
             self._optimizer_step()
         self._end_train_batch(outputs, batch, batch_idx)
         return None
+
+    def _step(self, name: str, *args: Any) -> Any:
+        """Run a Module step, through DDP's forward when distributed so its gradient hooks are armed."""
+        if self._ddp is not None:
+            return self._ddp(name, *args)
+        return getattr(self.module, name)(*args)
+
+    def _gradient_sync(self, completes_window: bool) -> ContextManager[Any]:
+        """DDP's no_sync() inside an accumulation window: gradients are all-reduced once per step."""
+        if self._ddp is None or completes_window:
+            return contextlib.nullcontext()
+        return self._ddp.no_sync()
 
     def _end_train_batch(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Count the batch as done before on_train_batch_end, so a checkpoint saved there resumes after it."""
@@ -541,6 +666,7 @@ class Trainer:
         self._run_eval_loop("validate", self._val_loaders, self.config.limit_val_batches)
         self._metrics.set_stage("train")
         self.module.train()
+        self._agree()
 
     def _run_eval_loop(self, stage: str, loaders: list[Any], limit: int | float,
                        collect: bool = False) -> list[Any]:
@@ -624,6 +750,8 @@ class Trainer:
         path = Path(path)
         self._publisher.check_losses()
         state = self._checkpoint_state(weights_only)
+        if not self.is_global_zero:
+            return path
         summary = self._checkpoint_summary()
         if background and self.config.async_checkpointing:
             if self._writer is None:
@@ -681,9 +809,9 @@ class Trainer:
             state["loggers"] = [logger.state_dict() for logger in self.loggers]
             state["metrics"] = self._metrics.state_dict()
             state["data"] = {"seed": self._data_seed}
-            state["rng"] = capture_rng()
+            state["rng"] = all_gather_object(capture_rng())
             if self.loop.accumulated:
-                state["grads"] = [p.grad for p in module.parameters()]
+                state["grads"] = all_gather_object([p.grad for p in module.parameters()])
             if self.datamodule is not None:
                 state["datamodule"] = self.datamodule.state_dict()
         module.on_save_checkpoint(state)
@@ -725,7 +853,8 @@ class Trainer:
             logger.load_state_dict(logger_state)
         if self.datamodule is not None and "datamodule" in state:
             self.datamodule.load_state_dict(state["datamodule"])
-        for param, grad in zip(module.parameters(), state.get("grads", [])):
+        grads = state["grads"][self.global_rank] if "grads" in state else []
+        for param, grad in zip(module.parameters(), grads):
             param.grad = grad.to(param.device) if grad is not None else None
         self.loop.load_state_dict(state["loop"])
         self._metrics.load_state_dict(state.get("metrics", {}))
@@ -734,7 +863,7 @@ class Trainer:
         log.info(f"resuming from {path} at epoch {self.loop.epoch}, step {self.loop.global_step}, "
                  f"batch {self.loop.batches_done} of the epoch")
         append_event(self.run_dir, "resumed", path=str(path), step=self.loop.global_step)
-        return state.get("rng")
+        return state["rng"][self.global_rank]
 
     def _resolve_ckpt_path(self, ckpt_path: str | Path) -> Path:
         """A file path for ``ckpt_path``; "last" falls back to the newest valid checkpoint."""
@@ -772,7 +901,7 @@ class Trainer:
     # -- start-up summary ----------------------------------------------------------------
 
     def _announce_start(self, module: Module) -> None:
-        if self._announced:
+        if self._announced or not self.is_global_zero:
             return
         self._announced = True
         c = self.config
@@ -793,6 +922,12 @@ class Trainer:
         c = self.config
         self._fit_start_time = time.monotonic()
         self._publisher.next_flush = time.monotonic() + FLUSH_INTERVAL_S
+        if not self.is_global_zero:
+            return
+        if self.world_size > 1:
+            log.info(f"distributed: {self.world_size} processes, DDP over "
+                     f"{'NCCL' if self._device.type == 'cuda' else 'gloo'}; each rank trains on its own "
+                     "shard of every epoch")
         if c.fast_dev_run:
             log.info(f"fast_dev_run: {c.fast_dev_run} batch(es) per stage; loggers and checkpoints are off")
         elif c.defaulted_max_epochs:

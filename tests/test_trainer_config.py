@@ -35,8 +35,10 @@ from engine.loggers import JSONLinesLogger
         ({"gradient_clip_val": "1.0"}, "gradient_clip_val='1.0'"),
         ({"on_nonfinite_loss": "ignore"}, "on_nonfinite_loss='ignore'"),
         ({"fast_dev_run": -1}, "fast_dev_run=-1"),
-        ({"devices": 2}, "devices=2"),
-        ({"devices": [0, 1]}, r"devices=\[0, 1\]"),
+        ({"devices": 0}, "devices=0"),
+        ({"devices": "two"}, "devices='two'"),
+        ({"strategy": "fsdp"}, "strategy='fsdp'"),
+        ({"num_nodes": 0}, "num_nodes=0"),
         ({"precision": "64-true"}, "precision='64-true'"),
     ],
 )
@@ -50,9 +52,18 @@ def test_an_unknown_argument_is_a_config_error_naming_it():
         Trainer(max_epoch=3)
 
 
-def test_devices_2_says_only_one_device_is_supported():
-    with pytest.raises(ConfigError, match="more than one device is not supported"):
-        Trainer(devices=2)
+def test_devices_that_disagree_with_the_launcher_name_both_values(monkeypatch):
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError, match="devices=4.*2 processes per node"):
+        Trainer(devices=4)
+
+
+def test_num_nodes_that_disagree_with_the_launcher_name_both_values(monkeypatch):
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError, match="num_nodes=2.*1 node"):
+        Trainer(devices=2, num_nodes=2)
 
 
 def test_config_errors_are_value_errors_and_traindeck_errors():

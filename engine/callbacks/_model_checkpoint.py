@@ -70,7 +70,7 @@ class ModelCheckpoint(Callback):
         self.best_model_score: float | None = None
         self.last_model_path = ""
         self._saved_paths: list[str] = []
-        self._failed: list[str] = []
+        self._failed: list[tuple[str, dict[str, float | None]]] = []
         self._last_saved_step = -1
         self._last_time_save = time.monotonic()
 
@@ -91,8 +91,12 @@ class ModelCheckpoint(Callback):
         step = trainer.global_step
         if self.every_n_train_steps and step and step % self.every_n_train_steps == 0:
             self._save(trainer)
-        elif self.train_time_interval and time.monotonic() - self._last_time_save >= self.train_time_interval:
+        elif self.train_time_interval and self._time_due(trainer):
             self._save(trainer)
+
+    def _time_due(self, trainer: Any) -> bool:
+        due = time.monotonic() - self._last_time_save >= self.train_time_interval
+        return trainer.broadcast(due) if trainer.world_size > 1 else due
 
     def on_validation_end(self, trainer: Any, module: Any) -> None:
         if trainer.stage == "fit" and not trainer.sanity_checking and self._epoch_due(trainer):
@@ -108,27 +112,40 @@ class ModelCheckpoint(Callback):
     # -- saving and retention ------------------------------------------------------------
 
     def _save(self, trainer: Any) -> None:
-        if trainer.global_step == self._last_saved_step or not trainer.is_global_zero or self.dirpath is None \
-                or trainer.config.fast_dev_run:
+        """Rank 0 decides what to write; every rank joins the save (it gathers per-rank state)."""
+        if trainer.global_step == self._last_saved_step or self.dirpath is None or trainer.config.fast_dev_run:
             return
-        self._forget_failed()
         self._last_saved_step = trainer.global_step
         self._last_time_save = time.monotonic()
-        metrics = trainer._metrics.latest()
-        score = self._score(metrics)
-        if self.save_top_k != 0 and self._qualifies(score):
-            path = str(self.dirpath / (self._format(trainer, metrics) + ".ckpt"))
+        plan = trainer.broadcast(self._plan(trainer) if trainer.is_global_zero else None)
+        if plan is None:
+            return
+        kind, path, score = plan
+        if not trainer.is_global_zero:
+            trainer.save_checkpoint(path, weights_only=self.save_weights_only)
+        elif kind == "last":
+            trainer.save_checkpoint(path, weights_only=self.save_weights_only, background=True,
+                                    on_done=self._written_last)
+        else:
             dropped = self._record(path, score)
             trainer.save_checkpoint(path, weights_only=self.save_weights_only, background=True,
                                     on_done=functools.partial(self._written, dropped))
-        elif self.save_last:
-            trainer.save_checkpoint(self.dirpath / "last.ckpt", weights_only=self.save_weights_only,
-                                    background=True, on_done=self._written_last)
 
-    def _written(self, dropped: list[str], path: Path, error: BaseException | None) -> None:
+    def _plan(self, trainer: Any) -> tuple[str, str, float | None] | None:
+        """("ranked" or "last", path, score) of the file to write now, or None."""
+        self._forget_failed()
+        metrics = trainer._metrics.latest()
+        score = self._score(metrics)
+        if self.save_top_k != 0 and self._qualifies(score):
+            return "ranked", str(self.dirpath / (self._format(trainer, metrics) + ".ckpt")), score
+        if self.save_last:
+            return "last", str(self.dirpath / "last.ckpt"), None
+        return None
+
+    def _written(self, dropped: dict[str, float | None], path: Path, error: BaseException | None) -> None:
         """After a write (on the writer thread): drop superseded files only once the new one is safe."""
         if error is not None:
-            self._failed.append(str(path))
+            self._failed.append((str(path), dropped))
             log.error(f"{error}; training continues and the save is retried at the next trigger")
             return
         for old in dropped:
@@ -159,12 +176,21 @@ class ModelCheckpoint(Callback):
             log.error(f"could not update {last}: {exc.strerror or exc}; training continues")
 
     def _forget_failed(self) -> None:
-        """Drop the bookkeeping of writes that failed, so the next trigger saves again."""
+        """Undo the bookkeeping of writes that failed, so the next trigger saves again.
+
+        The files a failed write would have superseded are still on disk: they are booked
+        again (newest failure undone first), so retention deletes them in turn later.
+        """
         while self._failed:
-            path = self._failed.pop()
+            path, kept = self._failed.pop()
             self.best_k_models.pop(path, None)
             if path in self._saved_paths:
                 self._saved_paths.remove(path)
+            if self.monitor is None:
+                self._saved_paths[:0] = [p for p in kept if p not in self._saved_paths]
+            else:
+                for old, score in kept.items():
+                    self.best_k_models.setdefault(old, score)  # type: ignore[arg-type]
         if self.monitor is not None and self.best_k_models and self.best_model_path not in self.best_k_models:
             self._pick_best()
         elif self.monitor is None:
@@ -193,29 +219,28 @@ class ModelCheckpoint(Callback):
             return True
         return self._better(score, self.best_k_models[self._worst_path()])
 
-    def _record(self, path: str, score: float | None) -> list[str]:
-        """Book ``path`` as saved; returns the files it supersedes (deleted once it is on disk)."""
+    def _record(self, path: str, score: float | None) -> dict[str, float | None]:
+        """Book ``path`` as saved; returns the files it supersedes with their scores (deleted once it is on disk)."""
         if self.monitor is None:
             if path in self._saved_paths:
                 self._saved_paths.remove(path)
             self._saved_paths.append(path)
-            dropped = []
+            dropped: dict[str, float | None] = {}
             while self.save_top_k != -1 and len(self._saved_paths) > self.save_top_k:
-                dropped.append(self._saved_paths.pop(0))
+                dropped[self._saved_paths.pop(0)] = None
             self.best_model_path = path
             if not self.save_last:
                 self.last_model_path = path
             return dropped
         self.best_k_models[path] = score  # type: ignore[assignment]
-        dropped = []
+        dropped = {}
         if self.save_top_k != -1 and len(self.best_k_models) > self.save_top_k:
             worst = self._worst_path()
-            del self.best_k_models[worst]
-            dropped.append(worst)
+            dropped[worst] = self.best_k_models.pop(worst)
         self._pick_best()
         if not self.save_last:
             self.last_model_path = path
-        return [d for d in dropped if d != path]
+        return {d: s for d, s in dropped.items() if d != path}
 
     def _pick_best(self) -> None:
         pick = min if self.mode == "min" else max

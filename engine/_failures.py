@@ -1,0 +1,35 @@
+"""A failing rank's traceback, written where the launcher reads it back to report it first."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+
+__all__ = ["write_failure", "report_failures"]
+
+
+def write_failure(run_dir: Path | None, rank: int, exc: BaseException) -> None:
+    """``<run dir>/failures/rank<N>.txt`` with the traceback (best effort: never masks ``exc``)."""
+    if run_dir is None:
+        return
+    try:
+        directory = Path(run_dir) / "failures"
+        directory.mkdir(parents=True, exist_ok=True)
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        (directory / f"rank{rank}.txt").write_text(text)
+    except OSError:
+        pass
+
+
+def report_failures(run_dir: Path) -> list[int]:
+    """Print each failed rank and its traceback to stderr; returns the failed ranks."""
+    directory = Path(run_dir) / "failures"
+    if not directory.is_dir():
+        return []
+    ranks = sorted(int(p.stem.removeprefix("rank")) for p in directory.glob("rank*.txt"))
+    for rank in ranks:
+        text = (directory / f"rank{rank}.txt").read_text().rstrip()
+        last = text.splitlines()[-1] if text else "no traceback"
+        print(f"traindeck: rank {rank} failed: {last}\n{text}\n", file=sys.stderr)
+    return ranks
