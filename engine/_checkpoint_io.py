@@ -258,3 +258,23 @@ def load_checkpoint(path: str | Path, *, verify_checksum: bool = True) -> dict[s
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict")
     return state
+
+
+def check_compatible(module: Any, saved: dict[str, Any], path: Path) -> None:
+    """Refuse, before touching ``module``, a state dict whose keys or shapes differ from it."""
+    current = module.state_dict()
+    missing = sorted(set(current) - set(saved))
+    unexpected = sorted(set(saved) - set(current))
+    reshaped = [f"{k}: checkpoint {tuple(saved[k].shape)} vs model {tuple(v.shape)}"
+                for k, v in current.items() if k in saved and hasattr(saved[k], "shape")
+                and tuple(saved[k].shape) != tuple(v.shape)]
+    if missing or unexpected or reshaped:
+        parts = []
+        if missing:
+            parts.append(f"missing in the checkpoint: {missing[:5]}{' …' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"not in the model: {unexpected[:5]}{' …' if len(unexpected) > 5 else ''}")
+        if reshaped:
+            parts.append("different shapes: " + "; ".join(reshaped[:5]))
+        raise CheckpointError(f"checkpoint {path} does not match {type(module).__name__} (" + ", ".join(parts)
+                              + "); was the model changed since it was saved?")

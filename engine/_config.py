@@ -66,6 +66,7 @@ class TrainerConfig:
     strategy: str = "auto"
     num_nodes: int = 1
     process_group_timeout_s: float = 1800.0
+    max_restarts: int = 0
     val_check_interval: int | float = 1.0
     check_val_every_n_epoch: int | None = 1
     limit_train_batches: int | float = 1.0
@@ -126,6 +127,8 @@ class TrainerConfig:
             raise ConfigError(f"strategy={self.strategy!r}: use one of {list(_STRATEGIES)}")
         if isinstance(self.num_nodes, bool) or not isinstance(self.num_nodes, int) or self.num_nodes < 1:
             raise ConfigError(f"num_nodes={self.num_nodes!r}: use a positive integer")
+        if isinstance(self.max_restarts, bool) or not isinstance(self.max_restarts, int) or self.max_restarts < 0:
+            raise ConfigError(f"max_restarts={self.max_restarts!r}: use an integer >= 0")
         if not isinstance(self.process_group_timeout_s, (int, float)) or self.process_group_timeout_s <= 0:
             raise ConfigError(f"process_group_timeout_s={self.process_group_timeout_s!r} must be positive")
         if self.fast_dev_run:

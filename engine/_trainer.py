@@ -24,7 +24,7 @@ from engine._accelerator import choose_device, move_to_device
 from engine._announce import log
 from engine._checkpoint_async import AsyncCheckpointWriter, OnDone
 from engine._checkpoint_format import verify
-from engine._checkpoint_io import load_checkpoint, save_checkpoint
+from engine._checkpoint_io import check_compatible, load_checkpoint, save_checkpoint
 from engine._config import TrainerConfig
 from engine._data import batch_limit, resolve_loaders
 from engine._distributed import (
@@ -190,6 +190,7 @@ class Trainer:
             self._val_loaders = resolve_loaders("validate", val_dataloaders, datamodule, module)
             self._setup_optimizers(module)
             self._wrap_for_distributed(module)
+            ckpt_path = ckpt_path if ckpt_path is not None else self._restart_checkpoint()
             rng_state = self._restore(ckpt_path) if ckpt_path is not None else None
             self._prepare_data_order()
             self._num_train_batches = batch_limit(self._train_loaders[0], self.config.limit_train_batches,
@@ -391,6 +392,8 @@ class Trainer:
         run_dir = choose_run_dir(self.config.default_root_dir, self.config.name)
         os.environ[RUN_DIR_ENV] = str(run_dir)
         extra = shlex.split(os.environ.get(TORCHRUN_ARGS_ENV, ""))
+        if self.config.max_restarts:
+            extra = ["--max-restarts", str(self.config.max_restarts), *extra]
         command = relaunch_command(per_node, self.config.num_nodes, sys.argv, extra)
         log.info(f"launching {per_node * self.config.num_nodes} processes under torchrun: {shlex.join(command)}")
         status = run_launcher(command)
@@ -824,18 +827,16 @@ class Trainer:
         path = self._resolve_ckpt_path(ckpt_path)
         state = load_checkpoint(path)
         module = self.module
-        try:
-            module.load_state_dict(state["state_dict"])
-        except RuntimeError as exc:
-            raise CheckpointError(f"checkpoint {path} does not match {type(module).__name__}: {exc}") from exc
+        saved_world = state.get("world_size", 1)
+        if not weights_only and saved_world != self.world_size:
+            raise CheckpointError(f"checkpoint {path} was saved by {saved_world} processes but this run has "
+                                  f"{self.world_size}; resume with the same number of devices")
+        check_compatible(module, state["state_dict"], path)
+        module.load_state_dict(state["state_dict"])
         module.on_load_checkpoint(state)
         if weights_only:
             log.info(f"loaded weights from {path}")
             return None
-        saved_world = state.get("world_size", 1)
-        if saved_world != self.world_size:
-            raise CheckpointError(f"checkpoint {path} was saved by {saved_world} processes but this run has "
-                                  f"{self.world_size}; resume with the same number of devices")
         saved = state.get("optimizers", [])
         if len(saved) != len(self.optimizers):
             raise CheckpointError(f"checkpoint {path} holds {len(saved)} optimizer states but the module "
@@ -886,6 +887,19 @@ class Trainer:
             log.warning(f"ckpt_path='last': skipping {candidate}: {reason}")
         raise CheckpointError("ckpt_path='last': no valid checkpoint was found in "
                               f"{callback.dirpath if callback is not None else 'this run'}; pass a file path")
+
+    def _restart_checkpoint(self) -> str | None:
+        """After torchrun restarted the group (--max-restarts), continue from the newest valid checkpoint."""
+        restart = self._launch.restart_count
+        if restart == 0:
+            return None
+        callback = self.checkpoint_callback
+        has_one = callback is not None and any(verify(p)[0] for p in callback.candidates())
+        if self.is_global_zero:
+            log.warning(f"group restart {restart}: " + ("resuming from the last valid checkpoint" if has_one
+                                                        else "no valid checkpoint yet, starting over"))
+            append_event(self.run_dir, "restarted", restart=restart, resumed=has_one)
+        return "last" if has_one else None
 
     def _exit_preempted(self) -> None:
         """Save on a preemption signal, record it, and exit with PREEMPTED_EXIT_CODE."""

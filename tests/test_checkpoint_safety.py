@@ -338,8 +338,10 @@ def test_resuming_a_model_with_a_changed_layer_size_is_a_checkpoint_error_naming
     path = directory / "epoch=0-step=2.ckpt"
 
     changed = _TwoLayers(6)
-    with pytest.raises(CheckpointError, match=rf"(?s)checkpoint {path} does not match _TwoLayers.*size mismatch for layer.0.weight"):
+    before = [p.detach().clone() for p in changed.parameters()]
+    with pytest.raises(CheckpointError, match=rf"(?s)checkpoint {path} does not match _TwoLayers.*different shapes: layer.0.weight: checkpoint \(8, 4\) vs model \(6, 4\)"):
         make_trainer(max_epochs=2).fit(changed, make_loader(16), ckpt_path=path)
+    assert all(torch.equal(a, b) for a, b in zip(before, changed.parameters()))
 
 
 # -- unsafe files -------------------------------------------------------------------------
