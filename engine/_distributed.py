@@ -7,11 +7,7 @@ than one process, and ties every process's life to its parent's.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
-import subprocess
-import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Sequence
@@ -20,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from engine._errors import ConfigError
+from engine._launcher import relaunch_command, run_launcher, set_parent_death_signal
 
 __all__ = [
     "LaunchEnv",
@@ -31,8 +28,6 @@ __all__ = [
     "all_gather_object",
     "broadcast_object",
 ]
-
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -71,44 +66,6 @@ def read_launch_env(environ: dict[str, str] | None = None) -> LaunchEnv:
             source="SLURM",
         )
     return LaunchEnv(world_size=1, rank=0, local_rank=0, node_rank=0, launched=False)
-
-
-def relaunch_command(nproc_per_node: int, num_nodes: int, script_argv: Sequence[str],
-                     launcher_args: Sequence[str] = ()) -> list[str]:
-    """The torchrun command that runs this same script as ``nproc_per_node × num_nodes`` processes."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc_per_node),
-               "--nnodes", str(num_nodes), "--monitor-interval", "0.5"]
-    if num_nodes == 1 and not any(a.startswith("--rdzv") or a.startswith("--master") for a in launcher_args):
-        command.append("--standalone")
-    return command + list(launcher_args) + list(script_argv)
-
-
-def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
-    """Ask Linux to send ``sig`` to this process when its parent dies (no orphans); no-op elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:
-        os.kill(os.getpid(), sig)
-
-
-def run_launcher(command: list[str]) -> int:
-    """Run torchrun as a child that dies with us; forward SIGINT/SIGTERM; return its exit status."""
-    child = subprocess.Popen(command, preexec_fn=set_parent_death_signal)
-
-    def forward(signum: int, frame: Any) -> None:
-        child.send_signal(signum)
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        return child.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def init_group(device: torch.device, timeout_s: float) -> None:
