@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--every-n-steps", type=int, default=4)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--accumulate", type=int, default=1)
+    parser.add_argument("--accelerator", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(3)
@@ -70,7 +71,7 @@ def main() -> None:
     y = (x[:, 0] > 0).long()
     torch.manual_seed(0)
     record = Record()
-    trainer = Trainer(devices=args.devices, num_nodes=args.num_nodes, accelerator="cpu", strategy="ddp",
+    trainer = Trainer(devices=args.devices, num_nodes=args.num_nodes, accelerator=args.accelerator, strategy="ddp",
                       max_steps=args.max_steps, seed=11, default_root_dir=args.root, name=args.name,
                       enable_progress_bar=False, num_sanity_val_steps=0, accumulate_grad_batches=args.accumulate,
                       callbacks=[record, ModelCheckpoint(every_n_train_steps=args.every_n_steps, save_last=True)])
