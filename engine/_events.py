@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["append_event"]
+__all__ = ["append_event", "find_event"]
 
 
 def append_event(run_dir: Path | None, kind: str, **fields: Any) -> None:
@@ -22,3 +22,20 @@ def append_event(run_dir: Path | None, kind: str, **fields: Any) -> None:
         os.write(fd, line)
     finally:
         os.close(fd)
+
+
+def find_event(run_dir: Path, kind: str, since: float = 0.0) -> dict[str, Any] | None:
+    """The last ``kind`` event written at or after ``since`` (unix time), or None."""
+    found = None
+    try:
+        with open(Path(run_dir) / "events.jsonl") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if record.get("event") == kind and record.get("time", 0) >= since:
+                    found = record
+    except OSError:
+        return None
+    return found

@@ -13,7 +13,9 @@ import subprocess
 import sys
 from typing import Any, Sequence
 
-__all__ = ["relaunch_command", "run_launcher", "set_parent_death_signal"]
+__all__ = ["relaunch_command", "run_launcher", "set_parent_death_signal", "group_exit_status"]
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again later", distinct from a crash (1) or a kill (137)
 
 _PR_SET_PDEATHSIG = 1
 
@@ -60,3 +62,12 @@ def run_launcher(command: list[str], env: dict[str, str] | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def group_exit_status(status: int, run_dir: str | os.PathLike[str], started: float) -> int:
+    """torchrun's status, except a group that stopped on a signal and saved reports PREEMPTED_EXIT_CODE."""
+    from engine._events import find_event
+
+    if status != 0 and find_event(run_dir, "preempted", since=started) is not None:
+        return PREEMPTED_EXIT_CODE
+    return status

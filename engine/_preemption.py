@@ -9,7 +9,7 @@ from typing import Any, Iterable
 
 __all__ = ["PreemptionWatch", "PREEMPTED_EXIT_CODE"]
 
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again later", distinct from a crash (1) or a kill (137)
+from engine._launcher import PREEMPTED_EXIT_CODE
 
 
 class PreemptionWatch:

@@ -38,6 +38,7 @@ from engine._distributed import (
     run_launcher,
     set_parent_death_signal,
 )
+from engine._launcher import group_exit_status
 from engine._failures import report_failures, write_failure
 from engine._events import append_event
 from engine._errors import CheckpointError, ConfigError, ModuleError, NonFiniteLossError
@@ -181,7 +182,10 @@ class Trainer:
         """
         if self._needs_launch():
             self._launch_group()
-        with self._session(module, "fit", datamodule), PreemptionWatch(self.config.preemption_signals) as watch:
+        signals = self.config.preemption_signals
+        if self.world_size > 1 and "SIGINT" not in signals:
+            signals = (*signals, "SIGINT")
+        with self._session(module, "fit", datamodule), PreemptionWatch(signals) as watch:
             self._preemption = watch
             self._train_loaders = resolve_loaders("fit", train_dataloaders, datamodule, module)
             if not self._train_loaders:
@@ -396,9 +400,10 @@ class Trainer:
             extra = ["--max-restarts", str(self.config.max_restarts), *extra]
         command = relaunch_command(per_node, self.config.num_nodes, sys.argv, extra)
         log.info(f"launching {per_node * self.config.num_nodes} processes under torchrun: {shlex.join(command)}")
+        started = time.time()
         status = run_launcher(command)
         report_failures(run_dir)
-        raise SystemExit(status)
+        raise SystemExit(group_exit_status(status, run_dir, started))
 
     def _wrap_for_distributed(self, module: Module) -> None:
         if self.world_size == 1:
@@ -907,9 +912,10 @@ class Trainer:
         directory = self.checkpoint_callback.dirpath if self.checkpoint_callback is not None else None
         directory = directory or (self.run_dir or Path(self.config.default_root_dir)) / "checkpoints"
         path = self.save_checkpoint(Path(directory) / "last.ckpt")
-        message = f"preempted by {signal_name}, checkpoint at step {self.global_step}: {path}"
-        log.warning(message + f"; exiting with status {PREEMPTED_EXIT_CODE}")
-        append_event(self.run_dir, "preempted", signal=signal_name, step=self.global_step, path=str(path))
+        if self.is_global_zero:
+            message = f"preempted by {signal_name}, checkpoint at step {self.global_step}: {path}"
+            log.warning(message + f"; exiting with status {PREEMPTED_EXIT_CODE}")
+            append_event(self.run_dir, "preempted", signal=signal_name, step=self.global_step, path=str(path))
         raise SystemExit(PREEMPTED_EXIT_CODE)
 
     # -- start-up summary ----------------------------------------------------------------

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -54,7 +55,7 @@ def _torchrun_args(args: argparse.Namespace) -> list[str]:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a training script: one process, or a torchrun group with --devices/--nnodes."""
     from engine._failures import report_failures
-    from engine._launcher import relaunch_command, run_launcher
+    from engine._launcher import group_exit_status, relaunch_command, run_launcher
     from engine._run_dir import RUN_DIR_ENV, choose_run_dir
 
     script = Path(args.script)
@@ -71,9 +72,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         command = [sys.executable, str(script), *args.script_args]
     print(f"traindeck: run directory {run_dir}", file=sys.stderr)
+    started = time.time()
     status = run_launcher(command, env=env)
     report_failures(run_dir)
-    return status
+    return group_exit_status(status, run_dir, started)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
