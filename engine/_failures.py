@@ -23,11 +23,16 @@ def write_failure(run_dir: Path | None, rank: int, exc: BaseException) -> None:
 
 
 def report_failures(run_dir: Path) -> list[int]:
-    """Print each failed rank and its traceback to stderr; returns the failed ranks."""
+    """Print each failed rank and its traceback to stderr, first failure first; returns those ranks.
+
+    The first file written is the root cause: the other ranks usually fail because of it
+    (e.g. gloo's "Connection closed by peer"), so they come after it whatever their rank.
+    """
     directory = Path(run_dir) / "failures"
     if not directory.is_dir():
         return []
-    ranks = sorted(int(p.stem.removeprefix("rank")) for p in directory.glob("rank*.txt"))
+    files = [(p.stat().st_mtime_ns, int(p.stem.removeprefix("rank"))) for p in directory.glob("rank*.txt")]
+    ranks = [rank for _, rank in sorted(files)]
     for rank in ranks:
         text = (directory / f"rank{rank}.txt").read_text().rstrip()
         last = text.splitlines()[-1] if text else "no traceback"

@@ -21,15 +21,15 @@ from typing import Any, ContextManager, Iterator
 import torch
 
 from engine._accelerator import choose_device, move_to_device
-from engine._announce import log
-from engine._checkpoint_async import AsyncCheckpointWriter, OnDone
+from engine._announce import fit_summary, log, start_summary
+from engine._checkpoint_async import OnDone
 from engine._checkpoint_format import verify
-from engine._checkpoint_io import check_compatible, load_checkpoint, save_checkpoint
+from engine._checkpoint_io import load_checkpoint
+from engine._checkpointing import CheckpointSaver, Resumables, apply_state, collect_state, load_weights
 from engine._config import TrainerConfig
 from engine._data import batch_limit, resolve_loaders
 from engine._distributed import (
     ControlPoint,
-    all_gather_object,
     broadcast_object,
     control_group,
     init_group,
@@ -50,7 +50,7 @@ from engine._optim import LRSchedulerConfig, parse_optimizers
 from engine._precision import Precision
 from engine._preemption import PREEMPTED_EXIT_CODE, PreemptionWatch
 from engine._publish import FLUSH_INTERVAL_S, MetricPublisher
-from engine._rng import capture_rng, restore_rng
+from engine._rng import restore_rng
 from engine._run_dir import RUN_DIR_ENV, TORCHRUN_ARGS_ENV, choose_run_dir
 from engine._sampling import ResumableSampler, make_resumable, reseed_workers, with_own_generator
 from engine._seed import enable_determinism, seed_everything
@@ -103,7 +103,7 @@ class Trainer:
         self._device = torch.device("cpu")
         self._announced = False
         self._fit_start_time = 0.0
-        self._writer: AsyncCheckpointWriter | None = None
+        self._saver = CheckpointSaver()
         self._data_seed: int | None = None
         self._announced_data = ""
         self._preemption = PreemptionWatch(())
@@ -754,122 +754,45 @@ class Trainer:
         copy the state off the compute path; the write happens on a background thread and
         ``on_done(path, error)`` is called there when it ends. Pending losses are checked
         first, so with on_nonfinite_loss="raise" weights from a NaN/Inf step are never written.
+        Every rank must call it (each contributes its RNG state); only rank 0 writes.
         """
         path = Path(path)
         self._publisher.check_losses()
-        state = self._checkpoint_state(weights_only)
+        state = collect_state(self._resumables(), weights_only, self._hooks)
         if not self.is_global_zero:
             return path
-        summary = self._checkpoint_summary()
-        if background and self.config.async_checkpointing:
-            if self._writer is None:
-                self._writer = AsyncCheckpointWriter()
-            self._writer.save(state, path, summary, self._recorded(on_done))
-            return path
-        self.wait_for_checkpoints()
-        error: BaseException | None = None
-        try:
-            save_checkpoint(state, path, summary)
-        except CheckpointError as exc:
-            error = exc
-        self._recorded(on_done)(path, error)
-        if error is not None and on_done is None:
-            raise error
-        return path
+        summary = {"step": self.global_step, "epoch": self.current_epoch, "batches_done": self.loop.batches_done,
+                   "world_size": self.world_size, "metrics": self._metrics.latest()}
+        self._saver.run_dir = self.run_dir
+        return self._saver.save(state, path, summary, background=background and self.config.async_checkpointing,
+                                on_done=on_done)
 
     def wait_for_checkpoints(self) -> None:
         """Block until the background checkpoint write in flight (if any) is on disk."""
-        if self._writer is not None:
-            self._writer.wait()
+        self._saver.wait()
 
-    def _recorded(self, on_done: OnDone | None) -> OnDone:
-        """``on_done`` plus an entry in the run's event log."""
-        step, epoch = self.global_step, self.current_epoch
-
-        def done(path: Path, error: BaseException | None) -> None:
-            if error is None:
-                append_event(self.run_dir, "checkpoint", path=str(path), step=step, epoch=epoch)
-            else:
-                append_event(self.run_dir, "checkpoint_failed", path=str(path), step=step, error=str(error))
-            if on_done is not None:
-                on_done(path, error)
-
-        return done
-
-    def _checkpoint_summary(self) -> dict[str, Any]:
-        return {"step": self.global_step, "epoch": self.current_epoch, "batches_done": self.loop.batches_done,
-                "world_size": self.world_size, "metrics": self._metrics.latest()}
-
-    def _checkpoint_state(self, weights_only: bool = False) -> dict[str, Any]:
-        """Everything needed to continue bit-for-bit (docs/checkpoints.md lists each part)."""
-        module = self.module
-        state: dict[str, Any] = {
-            "state_dict": module.state_dict(),
-            "hyper_parameters": dict(module.hparams),
-            "loop": self.loop.state_dict(),
-            "world_size": self.world_size,
-        }
-        if not weights_only:
-            state["optimizers"] = [opt.state_dict() for opt in self.optimizers]
-            state["lr_schedulers"] = [c.scheduler.state_dict() for c in self.lr_scheduler_configs]
-            state["precision"] = self._precision.state_dict()
-            state["callbacks"] = {cb.state_key: cb.state_dict() for cb in self.callbacks}
-            state["loggers"] = [logger.state_dict() for logger in self.loggers]
-            state["metrics"] = self._metrics.state_dict()
-            state["data"] = {"seed": self._data_seed}
-            state["rng"] = all_gather_object(capture_rng())
-            if self.loop.accumulated:
-                state["grads"] = all_gather_object([p.grad for p in module.parameters()])
-            if self.datamodule is not None:
-                state["datamodule"] = self.datamodule.state_dict()
-        module.on_save_checkpoint(state)
-        self._hooks.callbacks("on_save_checkpoint", state)
-        return state
+    def _resumables(self) -> Resumables:
+        return Resumables(self.module, self.optimizers, self.lr_scheduler_configs, self._precision, self.callbacks,
+                          self.loggers, self.datamodule, self.loop, self._metrics, self._data_seed,
+                          self.world_size, self.global_rank)
 
     def _restore(self, ckpt_path: str | Path, weights_only: bool = False) -> dict[str, Any] | None:
         """Load a checkpoint into the module (and, for fit, everything else); returns its RNG state."""
         self.wait_for_checkpoints()
         path = self._resolve_ckpt_path(ckpt_path)
         state = load_checkpoint(path)
-        module = self.module
-        saved_world = state.get("world_size", 1)
-        if not weights_only and saved_world != self.world_size:
-            raise CheckpointError(f"checkpoint {path} was saved by {saved_world} processes but this run has "
-                                  f"{self.world_size}; resume with the same number of devices")
-        check_compatible(module, state["state_dict"], path)
-        module.load_state_dict(state["state_dict"])
-        module.on_load_checkpoint(state)
         if weights_only:
+            load_weights(self.module, state, path)
             log.info(f"loaded weights from {path}")
             return None
-        saved = state.get("optimizers", [])
-        if len(saved) != len(self.optimizers):
-            raise CheckpointError(f"checkpoint {path} holds {len(saved)} optimizer states but the module "
-                                  f"configures {len(self.optimizers)}")
-        for opt, opt_state in zip(self.optimizers, saved):
-            opt.load_state_dict(opt_state)
-        for config, sched_state in zip(self.lr_scheduler_configs, state.get("lr_schedulers", [])):
-            config.scheduler.load_state_dict(sched_state)
-        self._precision.load_state_dict(state.get("precision", {}))
-        for cb in self.callbacks:
-            if cb.state_key in state.get("callbacks", {}):
-                cb.load_state_dict(state["callbacks"][cb.state_key])
-        self._hooks.callbacks("on_load_checkpoint", state)
-        for logger, logger_state in zip(self.loggers, state.get("loggers", [])):
-            logger.load_state_dict(logger_state)
-        if self.datamodule is not None and "datamodule" in state:
-            self.datamodule.load_state_dict(state["datamodule"])
-        grads = state["grads"][self.global_rank] if "grads" in state else []
-        for param, grad in zip(module.parameters(), grads):
-            param.grad = grad.to(param.device) if grad is not None else None
-        self.loop.load_state_dict(state["loop"])
-        self._metrics.load_state_dict(state.get("metrics", {}))
+        parts = self._resumables()
+        rng = apply_state(parts, state, path, self._hooks)
+        self._data_seed = parts.data_seed
         self._metrics.step = self.loop.global_step
-        self._data_seed = state.get("data", {}).get("seed")
         log.info(f"resuming from {path} at epoch {self.loop.epoch}, step {self.loop.global_step}, "
                  f"batch {self.loop.batches_done} of the epoch")
         append_event(self.run_dir, "resumed", path=str(path), step=self.loop.global_step)
-        return state["rng"][self.global_rank]
+        return rng
 
     def _resolve_ckpt_path(self, ckpt_path: str | Path) -> Path:
         """A file path for ``ckpt_path``; "last" falls back to the newest valid checkpoint."""
@@ -924,38 +847,17 @@ class Trainer:
         if self._announced or not self.is_global_zero:
             return
         self._announced = True
-        c = self.config
-        n_params = sum(p.numel() for p in module.parameters())
-        n_train = sum(p.numel() for p in module.parameters() if p.requires_grad)
-        log.info(f"device: {self._device} ({self._device_reason})")
-        log.info(f"precision: {self._precision.describe()}")
-        if c.seed is not None:
-            log.info(f"seed: {c.seed} (python, numpy and torch seeded)")
-        if c.deterministic:
-            log.info("deterministic algorithms: on (torch.use_deterministic_algorithms)")
-        log.info(f"model: {type(module).__name__}, {n_params:,} parameters ({n_train:,} trainable)")
-        if self.run_dir is not None:
-            log.info(f"run directory: {self.run_dir}")
+        for line in start_summary(self.config, self._device, self._device_reason, self._precision.describe(),
+                                  module, self.run_dir):
+            log.info(line)
 
     def _announce_fit(self, module: Module) -> None:
         self._announce_start(module)
-        c = self.config
         self._fit_start_time = time.monotonic()
         self._publisher.next_flush = time.monotonic() + FLUSH_INTERVAL_S
-        if not self.is_global_zero:
-            return
-        if self.world_size > 1:
-            log.info(f"distributed: {self.world_size} processes, DDP over "
-                     f"{'NCCL' if self._device.type == 'cuda' else 'gloo'}; each rank trains on its own "
-                     "shard of every epoch")
-        if c.fast_dev_run:
-            log.info(f"fast_dev_run: {c.fast_dev_run} batch(es) per stage; loggers and checkpoints are off")
-        elif c.defaulted_max_epochs:
-            log.info("no max_epochs, max_steps or max_time given: training stops after 1000 epochs")
-        if c.accumulate_grad_batches > 1:
-            log.info(f"gradients accumulated over {c.accumulate_grad_batches} batches per optimizer step")
-        if self.loggers:
-            log.info("logging to: " + ", ".join(str(lg.log_dir) for lg in self.loggers))
+        if self.is_global_zero:
+            for line in fit_summary(self.config, self.world_size, self._device, self.loggers):
+                log.info(line)
 
     def __repr__(self) -> str:
         return f"Trainer(epoch={self.current_epoch}, global_step={self.global_step}, stage={self.stage})"

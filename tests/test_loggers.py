@@ -8,6 +8,7 @@ import logging
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,17 @@ def test_tensorboard_hparams_session_records_run_status(tmp_path):
     assert end.status == api_pb2.STATUS_FAILURE
 
 
+def test_tensorboard_interrupted_run_finalizes_with_unknown_status(tmp_path):
+    from tensorboard.plugins.hparams import api_pb2
+
+    logger = TensorBoardLogger(save_dir=tmp_path)
+    logger.log_hyperparams({"lr": 0.1})
+    logger.finalize("interrupted", {"loss": 1.0})
+
+    end = _hparams_data(_accumulator(tmp_path))["_hparams_/session_end_info"].session_end_info
+    assert end.status == api_pb2.STATUS_UNKNOWN
+
+
 def test_tensorboard_graph_logged_when_enabled(tmp_path):
     import torch
 
@@ -170,6 +182,7 @@ def test_tensorboard_resume_purges_steps_after_restored_step(tmp_path):
     for step in range(3, 6):
         first.log_metrics({"loss": float(step)}, step=step)
     first.finalize("interrupted", {})
+    time.sleep(1.1)  # event files are ordered by the second they were created in, as after a real restart
 
     second = TensorBoardLogger(save_dir=tmp_path)
     second.load_state_dict(state)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from engine._announce import log
-from engine._errors import CheckpointError, ConfigError
+from engine._errors import ConfigError
 from engine.callbacks._base import Callback
 
 __all__ = ["ModelCheckpoint"]

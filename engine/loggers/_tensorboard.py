@@ -21,7 +21,9 @@ __all__ = ["TensorBoardLogger"]
 _log = logging.getLogger("traindeck")
 
 FINAL_METRIC_PREFIX = "final/"
-_STATUS = {"success": "STATUS_SUCCESS", "failed": "STATUS_FAILURE", "interrupted": "STATUS_ABORTED"}
+# TensorBoard's hparams Status enum has only UNKNOWN, SUCCESS, FAILURE and RUNNING: an
+# interrupted (Ctrl-C or preempted) run is recorded as UNKNOWN.
+_STATUS = {"success": "STATUS_SUCCESS", "failed": "STATUS_FAILURE"}
 
 
 class TensorBoardLogger(Logger):
