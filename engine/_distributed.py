@@ -8,21 +8,29 @@ than one process, and ties every process's life to its parent's.
 from __future__ import annotations
 
 import os
+import shlex
+import sys
+import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, Sequence
 
 import torch
 import torch.distributed as dist
 
+from engine._announce import log
 from engine._errors import ConfigError
-from engine._launcher import relaunch_command, run_launcher, set_parent_death_signal
+from engine._failures import report_failures
+from engine._launcher import group_exit_status, relaunch_command, run_launcher, set_parent_death_signal
+from engine._run_dir import RUN_DIR_ENV, TORCHRUN_ARGS_ENV, choose_run_dir
 
 __all__ = [
     "LaunchEnv",
     "read_launch_env",
-    "relaunch_command",
-    "run_launcher",
+    "check_launch_matches",
+    "needs_launch",
+    "launch_group",
     "set_parent_death_signal",
     "init_group",
     "all_gather_object",
@@ -66,6 +74,50 @@ def read_launch_env(environ: dict[str, str] | None = None) -> LaunchEnv:
             source="SLURM",
         )
     return LaunchEnv(world_size=1, rank=0, local_rank=0, node_rank=0, launched=False)
+
+
+def check_launch_matches(config: Any, launch: LaunchEnv) -> None:
+    """Under a launcher the environment decides the world size; a disagreeing argument is an error."""
+    if not launch.launched:
+        return
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", launch.world_size))
+    nodes = max(1, launch.world_size // per_node)
+    asked = config.devices_per_node
+    if asked is not None and asked != per_node:
+        raise ConfigError(f"devices={config.devices!r} but {launch.source} started {per_node} processes per "
+                          f"node; pass devices='auto' or launch {asked} per node")
+    if config.num_nodes != 1 and config.num_nodes != nodes:
+        raise ConfigError(f"num_nodes={config.num_nodes} but {launch.source} started {nodes} "
+                          f"node{'s' if nodes > 1 else ''}; pass the same number to both")
+
+
+def needs_launch(config: Any, launch: LaunchEnv) -> bool:
+    """Whether the settings ask for a group that no launcher has started."""
+    return not launch.launched and (config.devices_per_node or 1) * config.num_nodes > 1
+
+
+def launch_group(config: Any) -> NoReturn:
+    """Re-run this script under torchrun as the group asked for, then exit with its status."""
+    main = sys.modules.get("__main__")
+    script = getattr(main, "__file__", None)
+    if not script or not sys.argv or Path(script).resolve() != Path(sys.argv[0]).resolve():
+        raise ConfigError(
+            f"devices={config.devices!r} starts one process per device by re-running your script under "
+            "torchrun, which needs a script file (python train.py); from a notebook or an embedded "
+            "interpreter, start the job with torchrun yourself"
+        )
+    per_node = config.devices_per_node or 1
+    run_dir = choose_run_dir(config.default_root_dir, config.name)
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    extra = shlex.split(os.environ.get(TORCHRUN_ARGS_ENV, ""))
+    if config.max_restarts:
+        extra = ["--max-restarts", str(config.max_restarts), *extra]
+    command = relaunch_command(per_node, config.num_nodes, sys.argv, extra)
+    log.info(f"launching {per_node * config.num_nodes} processes under torchrun: {shlex.join(command)}")
+    started = time.time()
+    status = run_launcher(command)
+    report_failures(run_dir)
+    raise SystemExit(group_exit_status(status, run_dir, started))
 
 
 def init_group(device: torch.device, timeout_s: float) -> None:

@@ -11,9 +11,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import os
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any, ContextManager, Iterator
@@ -31,16 +28,16 @@ from engine._data import batch_limit, resolve_loaders
 from engine._distributed import (
     ControlPoint,
     broadcast_object,
+    check_launch_matches,
     control_group,
     init_group,
+    launch_group,
+    needs_launch,
     read_launch_env,
-    relaunch_command,
-    run_launcher,
     set_parent_death_signal,
 )
-from engine._launcher import group_exit_status
-from engine._failures import report_failures, write_failure
 from engine._events import append_event
+from engine._failures import write_failure
 from engine._errors import CheckpointError, ConfigError, ModuleError, NonFiniteLossError
 from engine._hooks import HookDispatcher
 from engine._loop_state import LoopState
@@ -51,7 +48,7 @@ from engine._precision import Precision
 from engine._preemption import PREEMPTED_EXIT_CODE, PreemptionWatch
 from engine._publish import FLUSH_INTERVAL_S, MetricPublisher
 from engine._rng import restore_rng
-from engine._run_dir import RUN_DIR_ENV, TORCHRUN_ARGS_ENV, choose_run_dir
+from engine._run_dir import choose_run_dir
 from engine._sampling import ResumableSampler, make_resumable, reseed_workers, with_own_generator
 from engine._seed import enable_determinism, seed_everything
 from engine._step_runner import StepRunner
@@ -84,7 +81,7 @@ class Trainer:
         self.global_rank = self._launch.rank
         self.local_rank = self._launch.local_rank
         self.world_size = self._launch.world_size
-        self._check_launch_matches_config()
+        check_launch_matches(self.config, self._launch)
         self.loop = LoopState()
         self.should_stop = False
         self.sanity_checking = False
@@ -180,8 +177,8 @@ class Trainer:
         With ``devices``/``num_nodes`` asking for more than one process and no launcher
         around, this re-runs the script under torchrun and exits with the group's status.
         """
-        if self._needs_launch():
-            self._launch_group()
+        if needs_launch(self.config, self._launch):
+            launch_group(self.config)
         signals = self.config.preemption_signals
         if self.world_size > 1 and "SIGINT" not in signals:
             signals = (*signals, "SIGINT")
@@ -364,46 +361,6 @@ class Trainer:
                               "use 'bf16-mixed' or automatic optimization")
 
     # -- processes: launch, group, agreement ---------------------------------------------
-
-    def _check_launch_matches_config(self) -> None:
-        """Under a launcher the environment decides the world size; a disagreeing argument is an error."""
-        if not self._launch.launched:
-            return
-        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
-        nodes = max(1, self.world_size // per_node)
-        asked = self.config.devices_per_node
-        if asked is not None and asked != per_node:
-            raise ConfigError(f"devices={self.config.devices!r} but {self._launch.source} started {per_node} "
-                              f"processes per node; pass devices='auto' or launch {asked} per node")
-        if self.config.num_nodes != 1 and self.config.num_nodes != nodes:
-            raise ConfigError(f"num_nodes={self.config.num_nodes} but {self._launch.source} started "
-                              f"{nodes} node{'s' if nodes > 1 else ''}; pass the same number to both")
-
-    def _needs_launch(self) -> bool:
-        return not self._launch.launched and (self.config.devices_per_node or 1) * self.config.num_nodes > 1
-
-    def _launch_group(self) -> None:
-        """Re-run this script under torchrun as the group asked for, then exit with its status."""
-        main = sys.modules.get("__main__")
-        script = getattr(main, "__file__", None)
-        if not script or not sys.argv or Path(script).resolve() != Path(sys.argv[0]).resolve():
-            raise ConfigError(
-                f"devices={self.config.devices!r} starts one process per device by re-running your script "
-                "under torchrun, which needs a script file (python train.py); from a notebook or an "
-                "embedded interpreter, start the job with torchrun yourself"
-            )
-        per_node = self.config.devices_per_node or 1
-        run_dir = choose_run_dir(self.config.default_root_dir, self.config.name)
-        os.environ[RUN_DIR_ENV] = str(run_dir)
-        extra = shlex.split(os.environ.get(TORCHRUN_ARGS_ENV, ""))
-        if self.config.max_restarts:
-            extra = ["--max-restarts", str(self.config.max_restarts), *extra]
-        command = relaunch_command(per_node, self.config.num_nodes, sys.argv, extra)
-        log.info(f"launching {per_node * self.config.num_nodes} processes under torchrun: {shlex.join(command)}")
-        started = time.time()
-        status = run_launcher(command)
-        report_failures(run_dir)
-        raise SystemExit(group_exit_status(status, run_dir, started))
 
     def _wrap_for_distributed(self, module: Module) -> None:
         if self.world_size == 1:
