@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from engine._errors import ModuleError
 
-__all__ = ["LRSchedulerConfig", "parse_optimizers"]
+__all__ = ["LRSchedulerConfig", "parse_optimizers", "clip_gradients", "step_schedulers"]
 
 _SCHEDULER_KEYS = {"scheduler", "interval", "frequency", "monitor", "name", "strict"}
 
@@ -106,3 +106,29 @@ def parse_optimizers(result: Any) -> tuple[list[torch.optim.Optimizer], list[LRS
             return [o for o, _ in pairs], [c for _, cs in pairs for c in cs]
         return [_check_optimizer(o) for o in items], []
     raise ModuleError(f"configure_optimizers returned {type(result).__name__}, which the Trainer cannot use")
+
+
+def clip_gradients(optimizer: torch.optim.Optimizer, value: float, algorithm: str) -> None:
+    """Clip the gradients of ``optimizer``'s parameters by total norm or by value."""
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if algorithm == "norm":
+        torch.nn.utils.clip_grad_norm_(params, value)
+    else:
+        torch.nn.utils.clip_grad_value_(params, value)
+
+
+def step_schedulers(configs: list[LRSchedulerConfig], interval: str, counter: int,
+                    metrics: Callable[[], dict[str, float]]) -> None:
+    """Step the schedulers of ``interval`` due at ``counter`` (a step or an epoch count)."""
+    for config in configs:
+        if config.interval != interval or counter % config.frequency:
+            continue
+        if not config.reduce_on_plateau:
+            config.scheduler.step()
+            continue
+        values = metrics()
+        if config.monitor in values:
+            config.scheduler.step(values[config.monitor])
+        elif config.strict:
+            raise ModuleError(f"ReduceLROnPlateau monitors {config.monitor!r}, which was not logged; "
+                              f"logged metrics: {sorted(values)}")

@@ -43,7 +43,7 @@ from engine._hooks import HookDispatcher
 from engine._loop_state import LoopState
 from engine._metrics import MetricCollector
 from engine._module import Module
-from engine._optim import LRSchedulerConfig, parse_optimizers
+from engine._optim import LRSchedulerConfig, clip_gradients, parse_optimizers, step_schedulers
 from engine._precision import Precision
 from engine._preemption import PREEMPTED_EXIT_CODE, PreemptionWatch
 from engine._publish import FLUSH_INTERVAL_S, MetricPublisher
@@ -544,32 +544,12 @@ class Trainer:
         self._step_schedulers("step")
 
     def _clip_gradients(self, optimizer: torch.optim.Optimizer) -> None:
-        value = self.config.gradient_clip_val
-        if value is None:
-            return
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if self.config.gradient_clip_algorithm == "norm":
-            torch.nn.utils.clip_grad_norm_(params, value)
-        else:
-            torch.nn.utils.clip_grad_value_(params, value)
+        if self.config.gradient_clip_val is not None:
+            clip_gradients(optimizer, self.config.gradient_clip_val, self.config.gradient_clip_algorithm)
 
     def _step_schedulers(self, interval: str) -> None:
         counter = self.loop.global_step if interval == "step" else self.loop.epoch + 1
-        for config in self.lr_scheduler_configs:
-            if config.interval != interval or counter % config.frequency:
-                continue
-            if config.reduce_on_plateau:
-                metrics = self._metrics.latest([config.monitor])
-                if config.monitor not in metrics:
-                    if config.strict:
-                        raise ModuleError(
-                            f"ReduceLROnPlateau monitors {config.monitor!r}, which was not logged; "
-                            f"logged metrics: {sorted(self._metrics.latest())}"
-                        )
-                    continue
-                config.scheduler.step(metrics[config.monitor])
-            else:
-                config.scheduler.step()
+        step_schedulers(self.lr_scheduler_configs, interval, counter, self._metrics.latest)
 
     def _steps_reached(self) -> bool:
         return self.config.max_steps is not None and self.loop.global_step >= self.config.max_steps
