@@ -116,7 +116,7 @@ def launch_group(config: Any) -> NoReturn:
     log.info(f"launching {per_node * config.num_nodes} processes under torchrun: {shlex.join(command)}")
     started = time.time()
     status = run_launcher(command)
-    report_failures(run_dir)
+    report_failures(run_dir, since=started)
     raise SystemExit(group_exit_status(status, run_dir, started))
 
 

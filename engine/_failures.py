@@ -22,16 +22,25 @@ def write_failure(run_dir: Path | None, rank: int, exc: BaseException) -> None:
         pass
 
 
-def report_failures(run_dir: Path) -> list[int]:
+def report_failures(run_dir: Path, since: float) -> list[int]:
     """Print each failed rank and its traceback to stderr, first failure first; returns those ranks.
 
-    The first file written is the root cause: the other ranks usually fail because of it
-    (e.g. gloo's "Connection closed by peer"), so they come after it whatever their rank.
+    Only files written at or after ``since`` (unix time: when the launch started) count: a rerun in the same run directory (``--resume``) must not report the
+    failures of the run before it. The first file written is the root cause: the other
+    ranks usually fail because of it (gloo's "Connection closed by peer"), so they come
+    after it whatever their rank.
     """
     directory = Path(run_dir) / "failures"
     if not directory.is_dir():
         return []
-    files = [(p.stat().st_mtime_ns, int(p.stem.removeprefix("rank"))) for p in directory.glob("rank*.txt")]
+    files = []
+    for path in directory.glob("rank*.txt"):
+        try:
+            mtime_ns = path.stat().st_mtime_ns
+        except OSError:
+            continue
+        if mtime_ns >= since * 1e9:
+            files.append((mtime_ns, int(path.stem.removeprefix("rank"))))
     ranks = [rank for _, rank in sorted(files)]
     for rank in ranks:
         text = (directory / f"rank{rank}.txt").read_text().rstrip()

@@ -13,11 +13,12 @@ import subprocess
 import sys
 from typing import Any, Sequence
 
-__all__ = ["relaunch_command", "run_launcher", "set_parent_death_signal", "group_exit_status"]
+__all__ = ["relaunch_command", "run_launcher", "set_parent_death_signal", "group_exit_status", "STARTUP_PARENT"]
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again later", distinct from a crash (1) or a kill (137)
 
 _PR_SET_PDEATHSIG = 1
+STARTUP_PARENT = os.getppid()  # a rank's launcher as it was when traindeck was imported
 
 
 def relaunch_command(nproc_per_node: int, num_nodes: int, script_argv: Sequence[str],

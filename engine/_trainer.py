@@ -37,6 +37,7 @@ from engine._distributed import (
     set_parent_death_signal,
 )
 from engine._events import append_event
+from engine._launcher import STARTUP_PARENT
 from engine._failures import write_failure
 from engine._errors import CheckpointError, ConfigError, ModuleError, NonFiniteLossError
 from engine._hooks import HookDispatcher
@@ -82,6 +83,8 @@ class Trainer:
         self.local_rank = self._launch.local_rank
         self.world_size = self._launch.world_size
         check_launch_matches(self.config, self._launch)
+        if self._launch.source == "torchrun":
+            set_parent_death_signal(parent=STARTUP_PARENT)
         self.loop = LoopState()
         self.should_stop = False
         self.sanity_checking = False
@@ -267,8 +270,6 @@ class Trainer:
         choice = choose_device(self.config.accelerator, self.config.devices, self.local_rank)
         self._device, self._device_reason = choice.device, choice.reason
         if self.world_size > 1:
-            if self._launch.source == "torchrun":
-                set_parent_death_signal()
             init_group(self._device, self.config.process_group_timeout_s)
             if self._control is None:
                 self._control = ControlPoint(control_group(), self.global_rank)
@@ -720,15 +721,17 @@ class Trainer:
         state = load_checkpoint(path)
         if weights_only:
             load_weights(self.module, state, path)
-            log.info(f"loaded weights from {path}")
+            if self.is_global_zero:
+                log.info(f"loaded weights from {path}")
             return None
         parts = self._resumables()
         rng = apply_state(parts, state, path, self._hooks)
         self._data_seed = parts.data_seed
         self._metrics.step = self.loop.global_step
-        log.info(f"resuming from {path} at epoch {self.loop.epoch}, step {self.loop.global_step}, "
-                 f"batch {self.loop.batches_done} of the epoch")
-        append_event(self.run_dir, "resumed", path=str(path), step=self.loop.global_step)
+        if self.is_global_zero:
+            log.info(f"resuming from {path} at epoch {self.loop.epoch}, step {self.loop.global_step}, "
+                     f"batch {self.loop.batches_done} of the epoch")
+            append_event(self.run_dir, "resumed", path=str(path), step=self.loop.global_step)
         return rng
 
     def _resolve_ckpt_path(self, ckpt_path: str | Path) -> Path:
@@ -746,10 +749,11 @@ class Trainer:
         for i, candidate in enumerate(candidates):
             valid, reason = verify(candidate)
             if valid:
-                if i:
+                if i and self.is_global_zero:
                     log.warning(f"ckpt_path='last': using {candidate}, the newest valid checkpoint")
                 return candidate
-            log.warning(f"ckpt_path='last': skipping {candidate}: {reason}")
+            if self.is_global_zero:
+                log.warning(f"ckpt_path='last': skipping {candidate}: {reason}")
         raise CheckpointError("ckpt_path='last': no valid checkpoint was found in "
                               f"{callback.dirpath if callback is not None else 'this run'}; pass a file path")
 

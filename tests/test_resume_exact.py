@@ -11,12 +11,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from ddp_jobs import launch
+from ddp_jobs import results as ddp_results
 from engine import Module, Trainer
+from engine._checkpoint_format import read_header
 from engine.callbacks import Callback
 
 N_SAMPLES, BATCH = 96, 8  # 12 batches per epoch
@@ -208,6 +210,29 @@ def test_resumed_epoch_skips_consumed_batches_without_loading_them(tmp_path: Pat
     assert len(CountingDataset.loaded) == 2 * BATCH
 
 
-@pytest.mark.skip(reason="needs devices > 1 (the distributed-training issue); runs once DDP on gloo lands")
 def test_resume_with_two_ranks_on_gloo_is_bitwise_identical(tmp_path: Path) -> None:
-    raise AssertionError("placeholder until distributed training exists")
+    """Two DDP ranks (real processes, gloo): run A uninterrupted; in run B rank 1 crashes at step 7,
+    after the step-6 checkpoint (mid-epoch: 4 batches per rank and epoch), and B is resumed."""
+    every = ("--devices", "2", "--every-n-steps", "3")
+    full = launch(tmp_path / "a", "run", *every)
+    crashed = launch(tmp_path / "b", "run", *every, "--fail-at", "7")
+    resumed = None
+    try:
+        assert full.wait() == 0, full.output[-4000:]
+        assert crashed.wait() != 0, crashed.output[-4000:]
+        last = tmp_path / "b" / "run" / "checkpoints" / "last.ckpt"
+        summary = read_header(last)["summary"]
+        assert (summary["step"], summary["batches_done"]) == (6, 2)
+        resumed = launch(tmp_path / "b", "run", *every, "--resume", log=tmp_path / "b-resumed.log")
+        assert resumed.wait() == 0, resumed.output[-4000:]
+    finally:
+        for job in (full, crashed, resumed):
+            if job is not None:
+                job.stop()
+    for rank, (a, b) in enumerate(zip(ddp_results(tmp_path / "a" / "run"), ddp_results(tmp_path / "b" / "run"))):
+        expected = {k: v for k, v in a["losses"].items() if k > 6}
+        assert sorted(b["losses"]) == sorted(expected), f"rank {rank}"
+        for k, loss in expected.items():
+            assert torch.equal(b["losses"][k], loss), f"rank {rank}: loss after batch {k} differs"
+        for i, (p_full, p_resumed) in enumerate(zip(a["params"], b["params"], strict=True)):
+            assert torch.equal(p_full, p_resumed), f"rank {rank}: parameter {i} differs"

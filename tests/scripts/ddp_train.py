@@ -1,6 +1,8 @@
 """A tiny job for the distributed tests: `python ddp_train.py ROOT NAME [options]`.
 
-Writes `<run dir>/result-rank<N>.pt` (losses per batch, final parameters) from every rank.
+Writes `<run dir>/result-rank<N>.pt` (losses per batch, final parameters) from every rank, and
+appends each finished batch's global step to `<run dir>/progress-rank<N>.txt` as it goes (so a
+test can watch a running job and see where each rank stopped).
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class Record(Callback):
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         self.losses[trainer.loop.total_batches] = outputs.detach().clone()
+        with open(Path(trainer.run_dir) / f"progress-rank{trainer.global_rank}.txt", "a") as f:
+            f.write(f"{trainer.global_step}\n")
 
 
 def main() -> None:
