@@ -116,7 +116,8 @@ def launch_group(config: Any) -> NoReturn:
     log.info(f"launching {per_node * config.num_nodes} processes under torchrun: {shlex.join(command)}")
     started = time.time()
     status = run_launcher(command)
-    report_failures(run_dir, since=started)
+    if status != 0:
+        report_failures(run_dir, since=started)
     raise SystemExit(group_exit_status(status, run_dir, started))
 
 
@@ -125,14 +126,34 @@ def init_group(device: torch.device, timeout_s: float) -> None:
     if dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
-    kwargs: dict[str, Any] = {"backend": backend, "timeout": timedelta(seconds=timeout_s)}
+    timeout = timedelta(seconds=timeout_s)
+    kwargs: dict[str, Any] = {"backend": backend, "timeout": timeout}
     if device.type == "cuda":
         kwargs["device_id"] = device
+    store = _attempt_store(timeout)
+    if store is not None:
+        kwargs.update(store=store, rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
     try:
         dist.init_process_group(**kwargs)
     except (RuntimeError, ValueError) as exc:
         raise ConfigError(f"could not join the process group ({backend}): {exc}; check MASTER_ADDR/"
                           "MASTER_PORT or the rendezvous endpoint") from exc
+
+
+def _attempt_store(timeout: timedelta) -> Any:
+    """After a torchrun restart, the rendezvous store under a prefix of its own.
+
+    Without it a restarted rank can read a dead peer's address left in the store by the
+    previous attempt and fail to connect.
+    """
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+    if restart == 0 or "MASTER_ADDR" not in os.environ:
+        return None
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=not agent_store and rank == 0, timeout=timeout, multi_tenant=not agent_store)
+    return dist.PrefixStore(f"traindeck/attempt{restart}/", store)
 
 
 def all_gather_object(obj: Any) -> list[Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,7 +24,7 @@ from typing import Any, Iterator
 import pytest
 import torch
 
-from ddp_jobs import Job, describe, free_port, launch, progress, results, torchrun, wait_for_steps
+from ddp_jobs import SCRIPT, Job, describe, free_port, launch, progress, results, torchrun, wait_for_steps
 from engine._checkpoint_format import read_header, verify
 from engine._failures import report_failures, write_failure
 from engine._preemption import PREEMPTED_EXIT_CODE
@@ -285,3 +286,26 @@ def test_sigterm_to_the_launcher_stops_every_rank_at_one_step_saves_and_resumes(
         assert sorted(rank["losses"]) == list(range(step + 1, until + 1))
     assert [e["step"] for e in _events(run_dir) if e["event"] == "resumed"] == [step]
     assert resumed.output.count("resuming from") == 1, resumed.output[-4000:]
+
+
+def test_max_restarts_restarts_the_group_and_resumes_from_the_last_checkpoint(tmp_path):
+    root = tmp_path / "runs"
+    traindeck = [sys.executable, "-m", "tui", "run", "--devices", "2", "--max-restarts", "1",
+                 "--root-dir", str(root), "--name", "restart"]
+    job = Job([*traindeck, str(SCRIPT), str(root), "ignored", "--devices", "2", "--fail-at", "7",
+               "--every-n-steps", "3", "--max-steps", "12"], root, tmp_path / "restart.log")
+    try:
+        status = job.wait()
+        assert status == 0, job.output[-4000:]
+        events = [json.loads(line) for line in (root / "restart" / "events.jsonl").read_text().splitlines()]
+        restarted = [e for e in events if e["event"] == "restarted"]
+        resumed = [e for e in events if e["event"] == "resumed"]
+        assert len(restarted) == 1 and restarted[0]["restart"] == 1 and restarted[0]["resumed"]
+        assert len(resumed) == 1 and resumed[0]["step"] == 6
+        assert "group restart 1: resuming from the last valid checkpoint" in job.output
+        assert "traindeck: rank 1 failed" not in job.output  # the job succeeded in the end
+        final = torch.load(root / "restart" / "result-rank0.pt")
+        assert final["global_step"] == 12
+        assert sorted(final["losses"]) == list(range(7, 13))  # one batch per step: those after step 6
+    finally:
+        job.stop()

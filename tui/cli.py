@@ -74,7 +74,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"traindeck: run directory {run_dir}", file=sys.stderr)
     started = time.time()
     status = run_launcher(command, env=env)
-    report_failures(run_dir, since=started)
+    if status != 0:
+        report_failures(run_dir, since=started)
     return group_exit_status(status, run_dir, started)
 
 
