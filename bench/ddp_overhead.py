@@ -13,8 +13,12 @@ builds for its self-launch), launched from here as subprocesses, rounds alternat
 rank times its own loop from the end of the warm-up steps to the end of its last step and
 writes it, and the CPU time of its process (all threads, gloo's included), to a file; the
 bench reads them back and reports wall time per step (max over ranks) and CPU time per
-step (sum over ranks), median and best over rounds, each with the ratio ours/raw. CPU time
-is the steadier of the two on a shared machine: waiting for a peer rank costs no CPU.
+step (sum over ranks), median and best over rounds, each with the ratio ours/raw (waiting
+for a peer rank costs no CPU: gloo blocks). It also prints the slowest single step of each
+run, which shows one-off stalls: traindeck's first logger flush imports
+``torch.utils.tensorboard`` on rank 0 (a few hundred ms, the other rank waits at the next
+all-reduce) around step 50-100, which the default 200 warm-up steps keep out of the
+per-step figures.
 
 Start-up is command to first training step: the bench records a wall-clock timestamp just
 before starting the command and passes it in ``$BENCH_LAUNCH_TIME``; rank 0 subtracts it
@@ -22,7 +26,7 @@ from the time it starts its first step. Measured for 1 and 2 ranks, raw and ours
 same torchrun command, and for 2 ranks ours as a user runs it (``python script.py``, which
 re-runs itself under torchrun: one more interpreter start in front).
 
-    python bench/ddp_overhead.py [--steps 1000] [--rounds 3] [--warmup 50] [--wait-idle 120]
+    python bench/ddp_overhead.py [--steps 1200] [--rounds 3] [--warmup 200] [--wait-idle 120]
 
 ``--wait-idle S`` waits (up to S seconds) before each launch until other work has left the
 CPUs, for machines shared with other jobs.
@@ -71,9 +75,10 @@ def launch_time() -> float:
 
 
 def write_result(out: Path, rank: int, loop_s: float, cpu_s: float, timed_steps: int,
-                 startup_s: float | None) -> None:
+                 startup_s: float | None, slowest: tuple[float, int]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    record = {"rank": rank, "loop_s": loop_s, "cpu_s": cpu_s, "timed_steps": timed_steps, "startup_s": startup_s}
+    record = {"rank": rank, "loop_s": loop_s, "cpu_s": cpu_s, "timed_steps": timed_steps, "startup_s": startup_s,
+              "slowest_s": slowest[0], "slowest_at": slowest[1]}
     (out / f"rank{rank}.json").write_text(json.dumps(record))
 
 
@@ -103,6 +108,7 @@ def worker_raw(args: argparse.Namespace) -> None:
     startup = None
     t0 = c0 = 0.0
     steps = 0
+    slowest, last = (0.0, 0), 0.0
     for i, (x, y) in enumerate(loader):
         if i == 0 and rank == 0:
             startup = time.time() - launch_time()
@@ -111,10 +117,14 @@ def worker_raw(args: argparse.Namespace) -> None:
         loss.backward()
         opt.step()
         steps = i + 1
+        now = time.perf_counter()
+        if i and now - last > slowest[0]:
+            slowest = (now - last, i)
+        last = now
         if steps == args.warmup:
-            t0, c0 = time.perf_counter(), time.process_time()
+            t0, c0 = now, time.process_time()
     t1, c1 = time.perf_counter(), time.process_time()
-    write_result(Path(args.out), rank, t1 - t0, c1 - c0, steps - args.warmup, startup)
+    write_result(Path(args.out), rank, t1 - t0, c1 - c0, steps - args.warmup, startup, slowest)
     if launched:
         dist.destroy_process_group()
 
@@ -145,6 +155,7 @@ def worker_ours(args: argparse.Namespace) -> None:
         def __init__(self) -> None:
             self.startup: float | None = None
             self.t0 = self.t1 = self.c0 = self.c1 = 0.0
+            self.slowest = (0.0, 0)
             self.steps = 0
 
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
@@ -153,9 +164,12 @@ def worker_ours(args: argparse.Namespace) -> None:
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             self.steps = batch_idx + 1
+            now = time.perf_counter()
+            if batch_idx and now - self.t1 > self.slowest[0]:
+                self.slowest = (now - self.t1, batch_idx)
             if self.steps == args.warmup:
-                self.t0, self.c0 = time.perf_counter(), time.process_time()
-            self.t1, self.c1 = time.perf_counter(), time.process_time()
+                self.t0, self.c0 = now, time.process_time()
+            self.t1, self.c1 = now, time.process_time()
 
     world = args.devices
     dataset = make_dataset(args.steps, world)
@@ -166,7 +180,7 @@ def worker_ours(args: argparse.Namespace) -> None:
     # fit() re-runs this script under torchrun when devices > 1 and no launcher is around.
     trainer.fit(Net(), DataLoader(dataset, batch_size=BATCH, shuffle=True))
     write_result(Path(args.out), trainer.global_rank, timer.t1 - timer.t0, timer.c1 - timer.c0,
-                 timer.steps - args.warmup, timer.startup)
+                 timer.steps - args.warmup, timer.startup, timer.slowest)
 
 
 # -- the bench: launch contenders as subprocesses, read results back ----------------------
@@ -201,6 +215,7 @@ def launch(contender: str, ranks: int, how: str, steps: int, warmup: int, scratc
     return {"loop_s": max(r["loop_s"] for r in results),
             "cpu_s": sum(r["cpu_s"] for r in results),
             "timed_steps": results[0]["timed_steps"],
+            "slowest": max((r["slowest_s"], r["slowest_at"]) for r in results),
             "startup_s": next(r["startup_s"] for r in results if r["rank"] == 0)}
 
 
@@ -240,6 +255,7 @@ def bench(args: argparse.Namespace) -> None:
     startup_only = [("raw", 1, "torchrun", False), ("ours", 1, "torchrun", False), ("ours", 2, "python", False)]
     loop: dict[str, list[float]] = {"raw": [], "ours": []}
     cpu: dict[str, list[float]] = {"raw": [], "ours": []}
+    slowest: dict[str, list[tuple[float, int]]] = {"raw": [], "ours": []}
     startup: dict[tuple[str, int, str], list[float]] = {(c, r, h): [] for c, r, h, _ in timed + startup_only}
     timed_steps = 0
     waited = 0.0
@@ -256,6 +272,7 @@ def bench(args: argparse.Namespace) -> None:
                 if is_timed:
                     loop[contender].append(result["loop_s"] / result["timed_steps"])
                     cpu[contender].append(result["cpu_s"] / result["timed_steps"])
+                    slowest[contender].append(result["slowest"])
                     timed_steps = result["timed_steps"]
             print(f"  round {round_ + 1}/{args.rounds} done ({time.perf_counter() - began:.0f} s)",
                   file=sys.stderr, flush=True)
@@ -271,6 +288,9 @@ def bench(args: argparse.Namespace) -> None:
         for name, samples in table.items():
             med, best = statistics.median(samples), min(samples)
             print(f"  {name:<30}{med * 1e6:>10.1f}{med / raw_med:>8.3f}{best * 1e6:>10.1f}{best / raw_best:>8.3f}")
+    print("slowest single step after the first, ms (max over ranks; at step), per round:")
+    for name, samples in slowest.items():
+        print(f"  {name:<6}" + "".join(f"{s * 1e3:>9.1f} @{at:<5d}" for s, at in samples))
     print()
     print(f"start-up, command to first step, s (median / best of {args.rounds})")
     print(f"{'':<36}{'1 rank':^19}   {'2 ranks':^19}")
@@ -285,9 +305,9 @@ def bench(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1000, help="training steps per rank (timed runs)")
+    parser.add_argument("--steps", type=int, default=1200, help="training steps per rank (timed runs)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=50, help="steps left out of the timing")
+    parser.add_argument("--warmup", type=int, default=200, help="steps left out of the timing")
     parser.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
                         help="before each launch wait up to S seconds for other work to leave the CPUs")
     parser.add_argument("--worker", choices=("raw", "ours"), help=argparse.SUPPRESS)
