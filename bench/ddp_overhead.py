@@ -169,7 +169,9 @@ def worker_ours(args: argparse.Namespace) -> None:
                 self.slowest = (now - self.t1, batch_idx)
             if self.steps == args.warmup:
                 self.t0, self.c0 = now, time.process_time()
-            self.t1, self.c1 = now, time.process_time()
+            if self.steps == args.steps:
+                self.c1 = time.process_time()
+            self.t1 = now
 
     world = args.devices
     dataset = make_dataset(args.steps, world)
