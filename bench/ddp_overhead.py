@@ -50,6 +50,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from overhead import make_net, traindeck_net  # same directory: the same model as bench/overhead.py
+
 BATCH = 64
 LAUNCH_ENV = "BENCH_LAUNCH_TIME"
 SCRIPT = Path(__file__).resolve()
@@ -63,11 +65,6 @@ def make_dataset(steps: int, world: int) -> TensorDataset:
     x = torch.randn(steps * BATCH * world, 32, generator=g)
     y = (x[:, 0] > 0).long()
     return TensorDataset(x, y)
-
-
-def make_net() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 2))
 
 
 def launch_time() -> float:
@@ -132,22 +129,8 @@ def worker_raw(args: argparse.Namespace) -> None:
 # -- worker: traindeck Trainer -----------------------------------------------------------
 
 def worker_ours(args: argparse.Namespace) -> None:
-    from engine import Module, Trainer
+    from engine import Trainer
     from engine.callbacks import Callback
-
-    class Net(Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = make_net()
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            loss = nn.functional.cross_entropy(self.net(x), y)
-            self.log("train/loss", loss)
-            return loss
-
-        def configure_optimizers(self):
-            return torch.optim.Adam(self.parameters(), lr=1e-3)
 
     class Timer(Callback):
         """Same window as the raw loop: end of step ``warmup`` to end of the last step."""
@@ -180,7 +163,7 @@ def worker_ours(args: argparse.Namespace) -> None:
                       enable_checkpointing=False, accelerator="cpu", devices=world,
                       strategy="ddp" if world > 1 else "auto", callbacks=[timer])
     # fit() re-runs this script under torchrun when devices > 1 and no launcher is around.
-    trainer.fit(Net(), DataLoader(dataset, batch_size=BATCH, shuffle=True))
+    trainer.fit(traindeck_net(), DataLoader(dataset, batch_size=BATCH, shuffle=True))
     write_result(Path(args.out), trainer.global_rank, timer.t1 - timer.t0, timer.c1 - timer.c0,
                  timer.steps - args.warmup, timer.startup, timer.slowest)
 

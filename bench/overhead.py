@@ -49,8 +49,9 @@ def run_raw(loader: DataLoader) -> float:
     return time.perf_counter() - start
 
 
-def run_traindeck(loader: DataLoader) -> float:
-    from engine import Module, Trainer
+def traindeck_net() -> "torch.nn.Module":
+    """The tiny MLP as a traindeck Module that logs its loss every step (shared with ddp_overhead.py)."""
+    from engine import Module
 
     class Net(Module):
         def __init__(self) -> None:
@@ -66,15 +67,19 @@ def run_traindeck(loader: DataLoader) -> float:
         def configure_optimizers(self):
             return torch.optim.Adam(self.parameters(), lr=1e-3)
 
+    return Net()
+
+
+def run_traindeck(loader: DataLoader) -> float:
+    from engine import Trainer
+
     import tempfile
 
     with tempfile.TemporaryDirectory() as root:
-        trainer = Trainer(max_epochs=1, default_root_dir=root, enable_progress_bar=False,
-                          enable_checkpointing=False, accelerator="cpu")
-        module = Net()
         timer = _EpochTimer()
-        trainer._user_callbacks.append(timer)
-        trainer.fit(module, loader)
+        trainer = Trainer(max_epochs=1, default_root_dir=root, enable_progress_bar=False,
+                          enable_checkpointing=False, accelerator="cpu", callbacks=[timer])
+        trainer.fit(traindeck_net(), loader)
     return timer.elapsed
 
 
