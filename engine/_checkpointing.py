@@ -45,6 +45,7 @@ def collect_state(parts: Resumables, weights_only: bool, hooks: Any) -> dict[str
     state: dict[str, Any] = {
         "state_dict": module.state_dict(),
         "hyper_parameters": dict(module.hparams),
+        "tunables": dict(module.tunables),
         "loop": parts.loop.state_dict(),
         "world_size": parts.world_size,
     }
@@ -84,6 +85,7 @@ def apply_state(parts: Resumables, state: dict[str, Any], path: Path, hooks: Any
         raise CheckpointError(f"checkpoint {path} holds {len(saved)} optimizer states but the module "
                               f"configures {len(parts.optimizers)}")
     load_weights(parts.module, state, path)
+    parts.module.tunables.update(state.get("tunables", {}))
     for opt, opt_state in zip(parts.optimizers, saved):
         opt.load_state_dict(opt_state)
     for config, sched_state in zip(parts.scheduler_configs, state.get("lr_schedulers", [])):

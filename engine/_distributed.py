@@ -35,6 +35,9 @@ __all__ = [
     "init_group",
     "all_gather_object",
     "broadcast_object",
+    "control_group",
+    "control_store",
+    "ControlPoint",
 ]
 
 
@@ -217,3 +220,18 @@ class ControlPoint:
         self._last_time, self._last_batch = now, total_batches
         self.next_batch = int(values[-1]) or total_batches + 1
         return [int(v) for v in values[:-1]]
+
+    def share(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank, over the same gloo group (used for the rare command payload)."""
+        if self.group is None:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
+
+
+def control_store() -> Any:
+    """The rendezvous store under a prefix of ours: paused ranks poll it instead of waiting in a collective."""
+    from torch.distributed.distributed_c10d import _get_default_store
+
+    return dist.PrefixStore("traindeck/control/", _get_default_store())

@@ -11,17 +11,18 @@ from typing import Any
 __all__ = ["append_event", "find_event"]
 
 
-def append_event(run_dir: Path | None, kind: str, **fields: Any) -> None:
-    """Append one event; a single O_APPEND write, so lines from several processes never interleave."""
+def append_event(run_dir: Path | None, kind: str, source: str | None = None, **fields: Any) -> dict[str, Any] | None:
+    """Append one event (and return it); a single O_APPEND write, so lines from several processes never interleave."""
     if run_dir is None:
-        return
-    record = {"time": time.time(), "event": kind, "source": f"rank{os.environ.get('RANK', '0')}", **fields}
+        return None
+    record = {"time": time.time(), "event": kind, "source": source or f"rank{os.environ.get('RANK', '0')}", **fields}
     line = (json.dumps(record, default=str) + "\n").encode()
     fd = os.open(Path(run_dir) / "events.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line)
     finally:
         os.close(fd)
+    return record
 
 
 def find_event(run_dir: Path, kind: str, since: float = 0.0) -> dict[str, Any] | None:

@@ -6,7 +6,7 @@ import sys
 import traceback
 from pathlib import Path
 
-__all__ = ["write_failure", "report_failures"]
+__all__ = ["write_failure", "report_failures", "failed_ranks"]
 
 
 def write_failure(run_dir: Path | None, rank: int, exc: BaseException) -> None:
@@ -31,6 +31,17 @@ def report_failures(run_dir: Path, since: float) -> list[int]:
     after it whatever their rank.
     """
     directory = Path(run_dir) / "failures"
+    ranks = failed_ranks(run_dir, since)
+    for rank in ranks:
+        text = (directory / f"rank{rank}.txt").read_text().rstrip()
+        last = text.splitlines()[-1] if text else "no traceback"
+        print(f"traindeck: rank {rank} failed: {last}\n{text}\n", file=sys.stderr)
+    return ranks
+
+
+def failed_ranks(run_dir: Path, since: float) -> list[int]:
+    """Ranks that wrote a traceback at or after ``since``, root cause (the first written) first."""
+    directory = Path(run_dir) / "failures"
     if not directory.is_dir():
         return []
     files = []
@@ -41,9 +52,4 @@ def report_failures(run_dir: Path, since: float) -> list[int]:
             continue
         if mtime_ns >= since * 1e9:
             files.append((mtime_ns, int(path.stem.removeprefix("rank"))))
-    ranks = [rank for _, rank in sorted(files)]
-    for rank in ranks:
-        text = (directory / f"rank{rank}.txt").read_text().rstrip()
-        last = text.splitlines()[-1] if text else "no traceback"
-        print(f"traindeck: rank {rank} failed: {last}\n{text}\n", file=sys.stderr)
-    return ranks
+    return [rank for _, rank in sorted(files)]

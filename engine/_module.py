@@ -31,6 +31,7 @@ class Module(nn.Module):
         self._hparams = AttributeDict()
         self._trainer: Trainer | None = None
         self.example_input_array: Any = None
+        self._tunables: dict[str, float] = {}
 
     # -- hyperparameters -------------------------------------------------------------
 
@@ -50,6 +51,21 @@ class Module(nn.Module):
     @property
     def hparams(self) -> AttributeDict:
         return self._hparams
+
+    def register_tunable(self, name: str, value: float) -> None:
+        """Declare a number that ``traindeck ctl RUN set NAME=VALUE`` may change while training.
+
+        Read it back as ``self.tunables[name]`` where it is used; changed values are saved
+        in checkpoints and restored on resume.
+        """
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ModuleError(f"register_tunable({name!r}, {value!r}): a tunable must be a number")
+        self._tunables[name] = value
+
+    @property
+    def tunables(self) -> dict[str, float]:
+        """The values registered with ``register_tunable``, as changed at run time."""
+        return self._tunables
 
     # -- what the Trainer provides -------------------------------------------------------
 

@@ -11,6 +11,7 @@ import torch
 from engine._announce import log
 from engine._errors import NonFiniteLossError
 from engine._metrics import MetricCollector, materialise
+from engine.loggers._jsonl import encode_float
 
 __all__ = ["MetricPublisher", "FLUSH_INTERVAL_S"]
 
@@ -31,6 +32,7 @@ class MetricPublisher:
         self.logged: dict[str, torch.Tensor] = {}
         self.losses: list[tuple[int, torch.Tensor]] = []
         self.next_flush = 0.0
+        self.channel: Any = None
 
     def flush(self) -> None:
         """Check pending losses, then hand every pending step value to the loggers."""
@@ -53,6 +55,9 @@ class MetricPublisher:
         self.logged.update({k: torch.tensor(v) for k, v in values.items()})
         for logger in self.loggers:
             logger.log_metrics(values, step)
+        if self.channel is not None:
+            self.channel.send({"type": "metrics", "points": [
+                {"step": step, "time": time.time(), "values": {k: encode_float(v) for k, v in values.items()}}]})
 
     def check_losses(self) -> None:
         if not self.losses:

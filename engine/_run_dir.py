@@ -12,6 +12,7 @@ __all__ = ["choose_run_dir"]
 RUN_DIR_ENV = "TRAINDECK_RUN_DIR"
 RUN_NAME_ENV = "TRAINDECK_RUN_NAME"
 TORCHRUN_ARGS_ENV = "TRAINDECK_TORCHRUN_ARGS"
+RESUME_ENV = "TRAINDECK_RESUME"  # set by `traindeck resume`: fit continues from the run's last valid checkpoint
 
 
 def _default_name() -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, ContextManager, Iterator
@@ -25,11 +26,13 @@ from engine._checkpoint_io import load_checkpoint
 from engine._checkpointing import CheckpointSaver, Resumables, apply_state, collect_state, load_weights
 from engine._config import TrainerConfig
 from engine._data import batch_limit, resolve_loaders
+from engine._control import Controller
 from engine._distributed import (
     ControlPoint,
     broadcast_object,
     check_launch_matches,
     control_group,
+    control_store,
     init_group,
     launch_group,
     needs_launch,
@@ -48,8 +51,9 @@ from engine._optim import LRSchedulerConfig, clip_gradients, parse_optimizers, s
 from engine._precision import Precision
 from engine._preemption import PREEMPTED_EXIT_CODE, PreemptionWatch
 from engine._publish import FLUSH_INTERVAL_S, MetricPublisher
+from engine._rank_channel import connect_from_env
 from engine._rng import restore_rng
-from engine._run_dir import choose_run_dir
+from engine._run_dir import RESUME_ENV, choose_run_dir
 from engine._sampling import ResumableSampler, make_resumable, reseed_workers, with_own_generator
 from engine._seed import enable_determinism, seed_everything
 from engine._step_runner import StepRunner
@@ -102,13 +106,14 @@ class Trainer:
         self._precision: Precision | None = None
         self._device = torch.device("cpu")
         self._announced = False
+        self._connected = False
         self._fit_start_time = 0.0
         self._saver = CheckpointSaver()
         self._data_seed: int | None = None
         self._announced_data = ""
         self._preemption = PreemptionWatch(())
         self._ddp: torch.nn.parallel.DistributedDataParallel | None = None
-        self._control: ControlPoint | None = None
+        self._controller = Controller(self, None, None)
 
     # -- attributes users reach for ------------------------------------------------------
 
@@ -208,6 +213,7 @@ class Trainer:
             self._hooks("on_train_start")
             while not self._fit_done():
                 self._run_train_epoch()
+            self._controller.progress(force=True)
             self._hooks("on_train_end")
             self._hooks("on_fit_end")
 
@@ -271,8 +277,8 @@ class Trainer:
         self._device, self._device_reason = choice.device, choice.reason
         if self.world_size > 1:
             init_group(self._device, self.config.process_group_timeout_s)
-            if self._control is None:
-                self._control = ControlPoint(control_group(), self.global_rank)
+        if not self._connected:
+            self._connect_control()
         self._precision = Precision(self.config.precision, self._device)
         module._trainer = self
         module.to(self._device)
@@ -337,7 +343,9 @@ class Trainer:
         if arg is False or self.config.fast_dev_run or not self.is_global_zero:
             loggers: list[Any] = []
         elif arg is None or arg is True:
-            loggers = [JSONLinesLogger(), TensorBoardLogger()] if stage == "fit" else [JSONLinesLogger()]
+            # under a supervisor, metrics.jsonl is written by the supervisor from what the channel sends
+            loggers = [] if self._publisher.channel is not None else [JSONLinesLogger()]
+            loggers += [TensorBoardLogger()] if stage == "fit" else []
         else:
             loggers = list(arg) if isinstance(arg, (list, tuple)) else [arg]
             bad = [type(x).__name__ for x in loggers if not isinstance(x, Logger)]
@@ -373,15 +381,25 @@ class Trainer:
         self._ddp = DistributedDataParallel(StepRunner(module), device_ids=device_ids,
                                             find_unused_parameters=find_unused)
 
-    def _agree(self) -> None:
-        """Make stop and preemption decisions the same on every rank (a no-op in one process)."""
-        if self._control is None:
-            return
-        local = [int(self.should_stop), int(self._preemption.received is not None)]
-        stop, preempt = self._control.agree(self.loop.total_batches, local)
-        self.should_stop = bool(stop)
-        if preempt and self._preemption.received is None:
-            self._preemption.received = "a peer rank's signal"
+    def _connect_control(self) -> None:
+        """The supervisor's channel (when started by one) and, in a group, the control point and store."""
+        self._connected = True
+        channel = connect_from_env(self.global_rank, self.local_rank, str(self._device))
+        if self.world_size > 1:
+            self._controller = Controller(self, channel, ControlPoint(control_group(), self.global_rank),
+                                          control_store())
+        else:
+            self._controller = Controller(self, channel, None)
+        self._publisher.channel = channel if self.is_global_zero else None
+
+    def save_command_checkpoint(self, on_done: OnDone) -> Path:
+        """Checkpoint now, on a user's command: ``step=S-command.ckpt`` beside the other checkpoints."""
+        return self.save_checkpoint(self._checkpoint_dir() / f"step={self.global_step}-command.ckpt",
+                                    background=True, on_done=on_done)
+
+    def _checkpoint_dir(self) -> Path:
+        directory = self.checkpoint_callback.dirpath if self.checkpoint_callback is not None else None
+        return Path(directory or (self.run_dir or Path(self.config.default_root_dir)) / "checkpoints")
 
     def broadcast(self, obj: Any, src: int = 0) -> Any:
         """Rank ``src``'s ``obj`` on every rank (identity in one process)."""
@@ -421,10 +439,11 @@ class Trainer:
                 break
             if time.monotonic() >= self._publisher.next_flush:
                 self._publish_metrics()
+                self._controller.progress()
             if self._should_validate(batch_idx):
                 self._run_validation()
-            if self._control is None or self._control.due(self.loop.total_batches):
-                self._agree()
+            if self._controller.due(self.loop.total_batches):
+                self._controller.at_control_point()
             if self._preemption.received:
                 self._exit_preempted()
             if self.should_stop or self._steps_reached() or self._time_up():
@@ -612,7 +631,7 @@ class Trainer:
         self._run_eval_loop("validate", self._val_loaders, self.config.limit_val_batches)
         self._metrics.set_stage("train")
         self.module.train()
-        self._agree()
+        self._controller.at_control_point()
 
     def _run_eval_loop(self, stage: str, loaders: list[Any], limit: int | float,
                        collect: bool = False) -> list[Any]:
@@ -758,12 +777,15 @@ class Trainer:
                               f"{callback.dirpath if callback is not None else 'this run'}; pass a file path")
 
     def _restart_checkpoint(self) -> str | None:
-        """After torchrun restarted the group (--max-restarts), continue from the newest valid checkpoint."""
+        """After a group restart (--max-restarts) or `traindeck resume`, continue from the newest valid checkpoint."""
         restart = self._launch.restart_count
-        if restart == 0:
-            return None
         callback = self.checkpoint_callback
         has_one = callback is not None and any(verify(p)[0] for p in callback.candidates())
+        if restart == 0:
+            if os.environ.get(RESUME_ENV) and self.is_global_zero:
+                log.info("resuming this run from its last valid checkpoint" if has_one
+                         else "resume asked for, but this run has no valid checkpoint: starting over")
+            return "last" if os.environ.get(RESUME_ENV) and has_one else None
         if self.is_global_zero:
             log.warning(f"group restart {restart}: " + ("resuming from the last valid checkpoint" if has_one
                                                         else "no valid checkpoint yet, starting over"))
@@ -773,9 +795,7 @@ class Trainer:
     def _exit_preempted(self) -> None:
         """Save on a preemption signal, record it, and exit with PREEMPTED_EXIT_CODE."""
         signal_name = self._preemption.received
-        directory = self.checkpoint_callback.dirpath if self.checkpoint_callback is not None else None
-        directory = directory or (self.run_dir or Path(self.config.default_root_dir)) / "checkpoints"
-        path = self.save_checkpoint(Path(directory) / "last.ckpt")
+        path = self.save_checkpoint(self._checkpoint_dir() / "last.ckpt")
         if self.is_global_zero:
             message = f"preempted by {signal_name}, checkpoint at step {self.global_step}: {path}"
             log.warning(message + f"; exiting with status {PREEMPTED_EXIT_CODE}")

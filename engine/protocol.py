@@ -74,7 +74,21 @@ class ProtocolError(ValueError):
 
 def encode(message: dict[str, Any]) -> bytes:
     """One message as a line of UTF-8 JSON; non-finite floats become null, which JSON can hold."""
-    return (json.dumps(message, separators=(",", ":"), allow_nan=False, default=_jsonable) + "\n").encode()
+    try:
+        text = json.dumps(message, separators=(",", ":"), allow_nan=False, default=_jsonable)
+    except ValueError:
+        text = json.dumps(_finite(message), separators=(",", ":"), allow_nan=False, default=_jsonable)
+    return (text + "\n").encode()
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _jsonable(value: Any) -> Any:
@@ -88,11 +102,21 @@ def decode(line: bytes | str) -> dict[str, Any]:
     if len(line) > MAX_LINE_BYTES:
         raise ProtocolError(f"line of {len(line)} bytes exceeds the limit of {MAX_LINE_BYTES}")
     try:
-        message = json.loads(line)
+        message = json.loads(line, parse_float=_finite, parse_constant=_finite)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("not JSON: nested too deeply") from None
     check(message)
     return message
+
+
+def _finite(text: str) -> float:
+    """A JSON number as a float; NaN, Infinity and overflowing literals are refused, since encode cannot send them on."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"non-finite number {text[:20]}")
+    return value
 
 
 def check(message: Any) -> None:

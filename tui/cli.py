@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -38,45 +36,6 @@ def _run_script(script: Path, script_args: Sequence[str]) -> int:
         return subprocess.call([sys.executable, str(script), *script_args])
     except KeyboardInterrupt:
         return 130
-
-
-def _torchrun_args(args: argparse.Namespace) -> list[str]:
-    extra: list[str] = []
-    if args.node_rank is not None:
-        extra += ["--node-rank", str(args.node_rank)]
-    if args.rdzv_endpoint:
-        extra += ["--rdzv-backend", "c10d", "--rdzv-endpoint", args.rdzv_endpoint,
-                  "--rdzv-id", args.rdzv_id or args.name or Path(args.script).stem]
-    if args.max_restarts:
-        extra += ["--max-restarts", str(args.max_restarts)]
-    return extra
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    """Run a training script: one process, or a torchrun group with --devices/--nnodes."""
-    from engine._failures import report_failures
-    from engine._launcher import group_exit_status, relaunch_command, run_launcher
-    from engine._run_dir import RUN_DIR_ENV, choose_run_dir
-
-    script = Path(args.script)
-    _check_script(script)
-    if args.devices < 1 or args.nnodes < 1:
-        raise CLIError(f"--devices {args.devices} --nnodes {args.nnodes}: both must be at least 1")
-    if args.nnodes > 1 and not args.rdzv_endpoint:
-        raise CLIError(f"--nnodes {args.nnodes} needs --rdzv-endpoint HOST:PORT (the same on every node)")
-    run_dir = choose_run_dir(args.root_dir, args.name)
-    env = {**os.environ, RUN_DIR_ENV: str(run_dir)}
-    if args.devices * args.nnodes > 1 or args.max_restarts:
-        command = relaunch_command(args.devices, args.nnodes, [str(script), *args.script_args],
-                                   _torchrun_args(args))
-    else:
-        command = [sys.executable, str(script), *args.script_args]
-    print(f"traindeck: run directory {run_dir}", file=sys.stderr)
-    started = time.time()
-    status = run_launcher(command, env=env)
-    if status != 0:
-        report_failures(run_dir, since=started)
-    return group_exit_status(status, run_dir, started)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -171,24 +130,16 @@ def cmd_ckpt_inspect(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tui.cli_job import add_job_commands
+    from tui.cli_runs import add_run_commands
+
     parser = argparse.ArgumentParser(
         prog="traindeck",
         description="A PyTorch training engine with a terminal cockpit.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    run = sub.add_parser("run", help=cmd_run.__doc__, description=cmd_run.__doc__)
-    run.add_argument("--devices", type=int, default=1, help="processes (devices) per node (default 1)")
-    run.add_argument("--nnodes", type=int, default=1, help="number of nodes (torchrun --nnodes)")
-    run.add_argument("--node-rank", type=int, default=None, help="this node's rank (torchrun --node-rank)")
-    run.add_argument("--rdzv-endpoint", help="HOST:PORT of the rendezvous, the same on every node")
-    run.add_argument("--rdzv-id", help="job id shared by all nodes (default: the run name)")
-    run.add_argument("--max-restarts", type=int, default=0,
-                     help="restart the group this many times after a failure, resuming from the last checkpoint")
-    run.add_argument("--name", help="run name (the run directory is ROOT_DIR/NAME)")
-    run.add_argument("--root-dir", default="runs", help="where run directories live (default: runs)")
-    run.add_argument("script", help="the training script (a .py file)")
-    run.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments passed to the script")
-    run.set_defaults(func=cmd_run)
+    add_job_commands(sub)
+    add_run_commands(sub)
     demo = sub.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)
     demo.add_argument("demo_args", nargs=argparse.REMAINDER, help="arguments for examples/demo.py (see --help)")
     demo.set_defaults(func=cmd_demo)

@@ -1,0 +1,212 @@
+"""The control path: commands from the supervisor and local stop/preemption flags become one
+decision that every rank applies at the same step.
+
+At a control point rank 0 takes the commands its supervisor forwarded and refuses the bad
+ones; one all-reduce on the gloo control group merges everyone's flags (and rank 0's "I
+have commands"); only then are the commands themselves broadcast. Control points are
+spaced by time (``ControlPoint``). A pause never waits inside a collective: paused ranks
+poll the rendezvous store, so it may outlast the process-group timeout. Without a
+supervisor and a group, ``due`` is always False and nothing here runs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from engine._announce import log
+from engine._rank_channel import RankChannel
+from engine._settings import SettingError, apply_setting, check_setting
+
+__all__ = ["Controller"]
+
+PROGRESS_INTERVAL_S = 0.25
+PAUSE_POLL_S = 0.05
+
+
+class Controller:
+    """Owns the agreement at control points and the commands' effects on a Trainer."""
+
+    def __init__(self, trainer: Any, channel: RankChannel | None, point: Any, store: Any = None) -> None:
+        self.trainer = trainer
+        self.channel = channel
+        self.point = point
+        self.store = store
+        self.state = "running"
+        self._pauses = 0
+        self._next_progress = 0.0
+        self._progress_batches = 0
+        self._progress_time = 0.0
+        self._step_time: float | None = None
+
+    def due(self, total_batches: int) -> bool:
+        if self.point is not None:
+            return self.point.due(total_batches)
+        return self.channel is not None and bool(self.channel.commands)
+
+    # -- agreement -----------------------------------------------------------------------
+
+    def at_control_point(self) -> None:
+        """Agree with every rank on stop, preemption and commands, then apply them in order."""
+        trainer = self.trainer
+        commands = self._accepted(self.channel.take_commands()) if self.channel and trainer.global_rank == 0 else []
+        if self.point is not None:
+            local = [int(trainer.should_stop), int(trainer._preemption.received is not None), int(bool(commands))]
+            stop, preempt, shared = self.point.agree(trainer.loop.total_batches, local)
+            trainer.should_stop = bool(stop)
+            if preempt and trainer._preemption.received is None:
+                trainer._preemption.received = "a peer rank's signal"
+            if shared:
+                commands = self.point.share(commands)
+        for command in commands:
+            self._apply(command)
+
+    def _accepted(self, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The commands rank 0 can apply; the others are answered with an error at once."""
+        accepted = []
+        for command in commands:
+            error = self._refusal(command)
+            if error is None:
+                accepted.append(command)
+            else:
+                self._reply(command, ok=False, error=error)
+        return accepted
+
+    def _refusal(self, command: dict[str, Any]) -> str | None:
+        action, args = command["action"], command.get("args") or {}
+        if action == "resume" and self.state != "paused":
+            return "not paused"
+        if action == "pause" and self.state == "paused":
+            return "already paused"
+        if action == "set":
+            module = self.trainer.module
+            try:
+                check_setting(args.get("key"), args.get("value"), args.get("group"), self.trainer.optimizers,
+                              module.tunables)
+            except SettingError as exc:
+                return str(exc)
+        if action not in ("pause", "resume", "checkpoint", "stop", "set"):
+            return f"{action!r} is not a rank command"
+        return None
+
+    # -- effects -------------------------------------------------------------------------
+
+    def _apply(self, command: dict[str, Any]) -> None:
+        trainer = self.trainer
+        action, args = command["action"], command.get("args") or {}
+        step = trainer.global_step
+        log.info(f"rank {trainer.global_rank} applied {action}{_describe(args)} at step {step}")
+        if action == "pause":
+            self._reply(command, ok=True)
+            self._pause()
+        elif action == "resume":
+            self.state = "running"
+            self._reply(command, ok=True)
+        elif action == "checkpoint":
+            self._checkpoint(command)
+        elif action == "stop":
+            trainer.should_stop = True
+            self.state = "stopping"
+            if args.get("checkpoint", True):
+                self._checkpoint(command)
+            else:
+                self._reply(command, ok=True)
+        elif action == "set":
+            detail = apply_setting(args["key"], args["value"], args.get("group"), trainer.optimizers,
+                                   trainer.lr_schedulers, trainer.module.tunables)
+            self._reply(command, ok=True, detail=detail)
+        self.progress(force=True)
+
+    def _checkpoint(self, command: dict[str, Any]) -> None:
+        """Every rank joins the save; rank 0 replies once the file is on disk (or failed)."""
+
+        def done(path: Any, error: BaseException | None) -> None:
+            if error is None:
+                self._reply(command, ok=True, detail={"path": str(path)})
+            else:
+                self._reply(command, ok=False, error=f"checkpoint failed: {error}")
+
+        self.trainer.save_command_checkpoint(on_done=done)
+
+    def _reply(self, command: dict[str, Any], ok: bool, error: str | None = None,
+               detail: dict[str, Any] | None = None) -> None:
+        if self.channel is None or self.trainer.global_rank != 0:
+            return
+        message: dict[str, Any] = {"type": "applied", "id": command["id"], "ok": ok, "step": self.trainer.global_step}
+        if error is not None:
+            message["error"] = error
+        if detail is not None:
+            message["detail"] = detail
+        self.channel.send(message)
+
+    # -- pause ---------------------------------------------------------------------------
+
+    def _pause(self) -> None:
+        """Hold every rank here until resume or stop, polling (never inside a collective)."""
+        self.state = "paused"
+        self._pauses += 1
+        self.progress(force=True)
+        decisions = 0
+        trainer = self.trainer
+        while self.state == "paused":
+            time.sleep(PAUSE_POLL_S)
+            self.progress()
+            if trainer.global_rank == 0:
+                batch = self._accepted(self.channel.take_commands()) if self.channel else []
+                if self._peer_preempted() or trainer._preemption.received is not None:
+                    batch.append({"id": None, "action": "preempt"})
+                if not batch:
+                    continue
+                if self.store is not None:
+                    self.store.set(f"pause{self._pauses}/{decisions}", json.dumps(batch))
+            else:
+                if trainer._preemption.received is not None:
+                    self.store.set(f"pause{self._pauses}/preempt", "1")
+                key = f"pause{self._pauses}/{decisions}"
+                if not self.store.check([key]):
+                    continue
+                batch = json.loads(self.store.get(key))
+            decisions += 1
+            for command in batch:
+                if command["action"] == "preempt":
+                    if trainer._preemption.received is None:
+                        trainer._preemption.received = "a peer rank's signal"
+                    self.state = "running"
+                elif command["action"] == "pause":
+                    continue
+                else:
+                    self._apply(command)
+        self.progress(force=True)
+
+    def _peer_preempted(self) -> bool:
+        return self.store is not None and self.store.check([f"pause{self._pauses}/preempt"])
+
+    # -- progress ------------------------------------------------------------------------
+
+    def progress(self, force: bool = False) -> None:
+        """Tell the supervisor where this rank is, every ``PROGRESS_INTERVAL_S`` (or now)."""
+        now = time.monotonic()
+        if self.channel is None or (not force and now < self._next_progress):
+            return
+        trainer = self.trainer
+        batches = trainer.loop.total_batches
+        if self._progress_time and batches > self._progress_batches:
+            self._step_time = (now - self._progress_time) / (batches - self._progress_batches)
+        if self.state != "paused":
+            self._progress_time, self._progress_batches = now, batches
+        self._next_progress = now + PROGRESS_INTERVAL_S
+        message = {"type": "progress", "rank": trainer.global_rank, "stage": trainer.stage or "idle",
+                   "state": self.state, "epoch": trainer.current_epoch, "step": trainer.global_step,
+                   "batch": trainer.loop.batches_done, "batches": _count(getattr(trainer, "_num_train_batches", None)),
+                   "step_time": self._step_time, "time": time.time(),
+                   "max_steps": trainer.config.max_steps, "max_epochs": trainer.config.max_epochs}
+        self.channel.send({k: v for k, v in message.items() if v is not None})
+
+
+def _count(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and value != float("inf") else None
+
+
+def _describe(args: dict[str, Any]) -> str:
+    return " " + " ".join(f"{k}={v}" for k, v in args.items()) if args else ""

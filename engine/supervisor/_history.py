@@ -1,0 +1,233 @@
+"""The supervisor's bounded, downsampled history of every metric a run logs.
+
+Each metric keeps at most ``buckets_per_metric`` buckets, evenly spaced in step: bucket ``k``
+covers steps ``[k * width, (k + 1) * width)``. When one more bucket would exceed the capacity,
+the width doubles and buckets sharing the new ``k`` merge, so memory stays bounded however long
+the run is. A bucket keeps min, max and last rather than a mean, so a spike is never averaged
+away. Beside the buckets the last ``recent_points`` raw points are kept exactly, so a chart of
+the last N steps needs no downsampling.
+
+NaN and ``None`` both mean "no number": they are counted per bucket (``nans``) and never enter
+min or max; ±inf are values like any other. A step lower than the last one seen means the run
+restarted from an earlier checkpoint: everything logged at that step or later is forgotten, the
+raw points exactly and the buckets whole, except the one bucket straddling the step, which is
+kept (its min, max and count may still include up to ``width - 1`` steps of the abandoned run).
+
+``MetricHistory.snapshot()`` is the wire format a chart client receives when it attaches, plain
+data that ``json.dumps(..., allow_nan=False)`` accepts::
+
+    {name: {"width": int,                                     # steps per bucket, a power of two
+            "buckets": [[first_step, last_step, first_time, last_time,
+                         min, max, last, count, nans], ...],  # oldest first
+            "recent": [[step, time, value], ...]}}            # oldest first, raw points
+
+Steps and counts are ints; ``count`` includes the ``nans``. Floats go through `encode_float`
+(NaN -> ``None``, inf -> ``"inf"``, -inf -> ``"-inf"``) and back through `decode_float`; ``min``
+and ``max`` are ``None`` in a bucket holding only NaNs.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+from array import array
+from typing import Any
+
+from engine._errors import ConfigError
+
+__all__ = ["MetricHistory", "encode_float", "decode_float"]
+
+_NAN = float("nan")
+_INF = float("inf")
+FIRST_STEP, LAST_STEP, FIRST_TIME, LAST_TIME, MIN, MAX, LAST, COUNT, NANS = range(9)
+_STRIDE = 9
+
+
+def encode_float(x: float) -> float | str | None:
+    """``x`` as strict JSON: NaN -> ``None``, ±inf -> ``"inf"``/``"-inf"``, finite floats as is."""
+    if math.isfinite(x):
+        return x
+    if x != x:
+        return None
+    return "inf" if x > 0 else "-inf"
+
+
+def decode_float(x: float | str | None) -> float:
+    """The float `encode_float` encoded."""
+    return _NAN if x is None else float(x)
+
+
+class _Series:
+    """One metric: closed buckets packed in a flat float array, the open bucket as a list, and
+    the recent raw points in arrays trimmed in halves (amortised O(1) per point).
+
+    ``add`` allocates nothing in the steady state, which keeps it fast: its counters are floats,
+    which CPython recycles, where every int above 256 would be a fresh allocation.
+    """
+
+    __slots__ = ("capacity", "limit", "width", "end", "step", "room", "open", "closed",
+                 "steps", "times", "values")
+
+    def __init__(self, capacity: int, limit: int) -> None:
+        self.capacity, self.limit = capacity, limit
+        self.width, self.end, self.step, self.room = 1, -1, -1, 2.0 * limit
+        self.open: list[float] = []
+        self.closed = array("d")
+        self.steps, self.times, self.values = array("q"), array("d"), array("d")
+
+    def add(self, step: int, time: float, value: float) -> None:
+        if step < self.step:
+            self._rewind(step)
+        if step >= self.end:
+            self._advance(step, time)
+        b = self.open
+        b[LAST_STEP], b[LAST_TIME], b[LAST] = step, time, value
+        b[COUNT] += 1.0
+        if value < b[MIN]:
+            b[MIN] = value
+        if value > b[MAX]:
+            b[MAX] = value
+        if value != value:
+            b[NANS] += 1.0
+        self.step = step
+        self.steps.append(step)
+        self.times.append(time)
+        self.values.append(value)
+        self.room -= 1.0
+        if self.room < 0.0:
+            cut = len(self.steps) - self.limit
+            del self.steps[:cut], self.times[:cut], self.values[:cut]
+            self.room = float(self.limit)
+
+    def _advance(self, step: int, time: float) -> None:
+        """Close the open bucket and open the one ``step`` falls in, merging first if full."""
+        self.closed.extend(self.open)
+        while len(self.closed) > (self.capacity - 1) * _STRIDE:
+            self._merge()
+        key = step // self.width
+        self.end = (key + 1) * self.width
+        if self.closed and self.closed[-_STRIDE + FIRST_STEP] // self.width == key:
+            self.open = self.closed[-_STRIDE:].tolist()
+            del self.closed[-_STRIDE:]
+        else:
+            self.open = [step, step, time, time, _INF, -_INF, _NAN, 0.0, 0.0]
+
+    def _merge(self) -> None:
+        """Double the width and merge the buckets that now share a key: min and max across
+        them, first of the earliest, last of the latest."""
+        self.width *= 2
+        rows = zip(*(self.closed[field::_STRIDE] for field in range(_STRIDE)))
+        merged = [next(rows)]
+        for row in rows:
+            prev = merged[-1]
+            if prev[FIRST_STEP] // self.width != row[FIRST_STEP] // self.width:
+                merged.append(row)
+                continue
+            merged[-1] = (prev[FIRST_STEP], row[LAST_STEP], prev[FIRST_TIME], row[LAST_TIME],
+                          min(prev[MIN], row[MIN]), max(prev[MAX], row[MAX]), row[LAST],
+                          prev[COUNT] + row[COUNT], prev[NANS] + row[NANS])
+        self.closed = array("d", itertools.chain.from_iterable(merged))
+
+    def _rewind(self, step: int) -> None:
+        """Forget what was logged at ``step`` or later: the run restarted from a checkpoint."""
+        self.closed.extend(self.open)
+        end = len(self.closed)
+        while end and self.closed[end - _STRIDE + FIRST_STEP] >= step:
+            end -= _STRIDE
+        del self.closed[end:]
+        self.open, self.end = [], -1
+        cut = bisect.bisect_left(self.steps, step)
+        del self.steps[cut:], self.times[cut:], self.values[cut:]
+        self.room = 2.0 * self.limit - cut
+
+    def buckets(self) -> list[list[Any]]:
+        rows = self.closed.tolist() + self.open
+        return [_encode_bucket(rows[i:i + _STRIDE]) for i in range(0, len(rows), _STRIDE)]
+
+    def recent(self) -> list[list[Any]]:
+        start = max(0, len(self.steps) - self.limit)
+        return [[s, encode_float(t), encode_float(v)] for s, t, v in
+                zip(self.steps[start:], self.times[start:], self.values[start:])]
+
+    def summary(self) -> dict[str, Any]:
+        b = self.open
+        count = int(sum(self.closed[COUNT::_STRIDE]) + b[COUNT])
+        nans = int(sum(self.closed[NANS::_STRIDE]) + b[NANS])
+        lo = min(self.closed[MIN::_STRIDE], default=_INF)
+        hi = max(self.closed[MAX::_STRIDE], default=-_INF)
+        numbers = count > nans
+        return {"step": int(b[LAST_STEP]), "last": encode_float(b[LAST]),
+                "min": encode_float(min(lo, b[MIN])) if numbers else None,
+                "max": encode_float(max(hi, b[MAX])) if numbers else None,
+                "count": count, "nans": nans}
+
+
+def _encode_bucket(row: list[float]) -> list[Any]:
+    numbers = row[COUNT] > row[NANS]
+    return [int(row[FIRST_STEP]), int(row[LAST_STEP]),
+            encode_float(row[FIRST_TIME]), encode_float(row[LAST_TIME]),
+            encode_float(row[MIN]) if numbers else None, encode_float(row[MAX]) if numbers else None,
+            encode_float(row[LAST]), int(row[COUNT]), int(row[NANS])]
+
+
+class MetricHistory:
+    """Every metric's bounded history: at most ``buckets_per_metric`` min/max/last buckets plus
+    the last ``recent_points`` raw points, for at most ``max_metrics`` names.
+
+    Points of further names are ignored and counted: ``dropped_points`` exactly,
+    ``dropped_metrics`` as distinct names (exact up to ``max_metrics`` of them, a lower bound
+    after that, so that refusing names stays bounded too).
+    """
+
+    def __init__(self, buckets_per_metric: int = 1024, recent_points: int = 512,
+                 max_metrics: int = 1000) -> None:
+        if buckets_per_metric < 2:
+            raise ConfigError(f"buckets_per_metric={buckets_per_metric} must be at least 2")
+        if recent_points < 0 or max_metrics < 0:
+            raise ConfigError(f"recent_points={recent_points} and max_metrics={max_metrics} "
+                              "must not be negative")
+        self.buckets_per_metric, self.recent_points = buckets_per_metric, recent_points
+        self.max_metrics = max_metrics
+        self.dropped_points = 0
+        self._refused: set[str] = set()
+        self._series: dict[str, _Series] = {}
+
+    @property
+    def dropped_metrics(self) -> int:
+        """How many distinct metric names were refused for being over ``max_metrics``."""
+        return len(self._refused)
+
+    def add(self, name: str, step: int, time: float, value: float | None) -> None:
+        """Record one point; ``step`` is a non-negative int, ``value`` may be NaN, ±inf or None."""
+        series = self._series.get(name)
+        if series is None:
+            if len(self._series) >= self.max_metrics:
+                self.dropped_points += 1
+                if len(self._refused) < self.max_metrics:
+                    self._refused.add(name)
+                return
+            series = self._series[name] = _Series(self.buckets_per_metric, self.recent_points)
+        series.add(step, time, _NAN if value is None else value)
+
+    def names(self) -> list[str]:
+        """The metric names held, in the order they were first logged."""
+        return list(self._series)
+
+    def latest(self, name: str) -> tuple[int, float, float] | None:
+        """The last point of ``name`` as ``(step, time, value)`` with raw floats, or None if unknown."""
+        series = self._series.get(name)
+        if series is None:
+            return None
+        b = series.open
+        return int(b[LAST_STEP]), b[LAST_TIME], b[LAST]
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Per metric ``{"step", "last", "min", "max", "count", "nans"}`` over the whole history,
+        floats encoded as in the snapshot; for a metrics table."""
+        return {name: series.summary() for name, series in self._series.items()}
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Every metric as ``{"width", "buckets", "recent"}`` (format in the module docstring)."""
+        return {name: {"width": s.width, "buckets": s.buckets(), "recent": s.recent()}
+                for name, s in self._series.items()}

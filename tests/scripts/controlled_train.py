@@ -1,0 +1,71 @@
+"""A small job for the supervisor tests: `traindeck run [--devices N] controlled_train.py [options]`.
+
+Every rank appends one JSON line per finished batch to `<run dir>/steps-rank<N>.jsonl`
+(global step, learning rate, the module's `temperature` tunable, the loss), so a test can
+see at which step each rank's values changed, and whether the losses match another run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from engine import Module, Trainer
+from engine.callbacks import Callback, ModelCheckpoint
+
+
+class Net(Module):
+    def __init__(self, sleep: float, fail_at: int) -> None:
+        super().__init__()
+        self.sleep, self.fail_at = sleep, fail_at
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+        self.register_tunable("temperature", 1.0)
+
+    def training_step(self, batch, batch_idx):
+        if self.sleep:
+            time.sleep(self.sleep)
+        if self.global_step == self.fail_at and self.global_rank == self.trainer.world_size - 1:
+            raise RuntimeError(f"failing on purpose at step {self.global_step}")
+        x, y = batch
+        loss = nn.functional.cross_entropy(self.net(x) / self.tunables["temperature"], y)
+        self.log("train/loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class Steps(Callback):
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        record = {"step": trainer.global_step, "lr": trainer.optimizers[0].param_groups[0]["lr"],
+                  "temperature": module.tunables["temperature"], "loss": float(outputs.detach())}
+        with open(Path(trainer.run_dir) / f"steps-rank{trainer.global_rank}.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--max-steps", type=int, default=40)
+    parser.add_argument("--sleep", type=float, default=0.0)
+    parser.add_argument("--fail-at", type=int, default=-1)
+    parser.add_argument("--pg-timeout", type=float, default=1800.0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(256, 4, generator=g)
+    y = (x[:, 0] > 0).long()
+    torch.manual_seed(0)
+    trainer = Trainer(max_steps=args.max_steps, seed=11, enable_progress_bar=False, num_sanity_val_steps=0,
+                      accelerator="cpu", process_group_timeout_s=args.pg_timeout,
+                      callbacks=[Steps(), ModelCheckpoint(every_n_train_steps=10)])
+    trainer.fit(Net(args.sleep, args.fail_at), DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True))
+
+
+if __name__ == "__main__":
+    main()

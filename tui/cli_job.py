@@ -1,0 +1,288 @@
+"""``traindeck run`` / ``resume`` / ``ctl``: start a supervised job, start it again, steer it.
+
+Torch-free. The supervisor runs in its own session, so the job outlives this command,
+the terminal and the SSH connection; this command only starts it and (unless
+``--detach``) follows it until it ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from engine.runs import RunNotFound, read_run_file, resolve_run, update_run_file, write_run_file
+
+__all__ = ["add_job_commands", "cmd_run"]
+
+ACTIONS = ("pause", "resume", "checkpoint", "stop", "kill", "set")
+SUPERVISOR_START_S = 15.0
+
+
+def _error(message: str) -> Exception:
+    from tui.cli import CLIError
+
+    return CLIError(message)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _torchrun_args(args: argparse.Namespace) -> list[str]:
+    extra: list[str] = []
+    if args.node_rank is not None:
+        extra += ["--node-rank", str(args.node_rank)]
+    if args.rdzv_endpoint:
+        extra += ["--rdzv-backend", "c10d", "--rdzv-endpoint", args.rdzv_endpoint,
+                  "--rdzv-id", args.rdzv_id or args.name or Path(args.script).stem]
+    if args.max_restarts:
+        extra += ["--max-restarts", str(args.max_restarts)]
+    return extra
+
+
+def _check_script(script: Path) -> None:
+    if not script.is_file():
+        raise _error(f"no such script: {script}")
+    if script.suffix != ".py":
+        raise _error(f"{script} is not a Python script (.py)")
+
+
+# -- run ---------------------------------------------------------------------------------
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Start a training script under a supervisor (a torchrun group with --devices/--nnodes) and follow it."""
+    from engine._events import append_event
+    from engine._run_dir import choose_run_dir
+
+    script = Path(args.script)
+    _check_script(script)
+    if args.devices < 1 or args.nnodes < 1:
+        raise _error(f"--devices {args.devices} --nnodes {args.nnodes}: both must be at least 1")
+    if args.nnodes > 1 and not args.rdzv_endpoint:
+        raise _error(f"--nnodes {args.nnodes} needs --rdzv-endpoint HOST:PORT (the same on every node)")
+    if args.max_restarts < 0:
+        raise _error(f"--max-restarts {args.max_restarts}: must be 0 or more")
+    if args.name and (Path(args.root_dir) / args.name / "run.json").exists():
+        raise _error(f"a run named {args.name!r} already exists in {args.root_dir}; continue it with "
+                     f"`traindeck resume {args.name}` or choose another --name")
+    run_dir = choose_run_dir(args.root_dir, args.name).resolve()
+    record = {"name": run_dir.name, "run_dir": str(run_dir), "created": _now(), "host": socket.gethostname(),
+              "command": [str(script), *args.script_args], "cwd": os.getcwd(), "devices": args.devices,
+              "nnodes": args.nnodes, "torchrun_args": _torchrun_args(args), "attempt": 1, "state": "starting",
+              "supervisor_pid": None, "socket": None, "step": None, "epoch": None, "exit_status": None,
+              "failure": None, "updated": _now()}
+    write_run_file(run_dir, record)
+    append_event(run_dir, "created", source="cli", command=record["command"], devices=args.devices,
+                 nnodes=args.nnodes)
+    return _launch(run_dir, args.detach)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Start a new attempt of a stopped or failed run from its last valid checkpoint (same run directory)."""
+    from engine._checkpoint_format import verify
+    from engine._events import append_event
+
+    run = _lookup(args.run, args.root_dir)
+    if run.live:
+        raise _error(f"run {run.name!r} is live ({run.state}); stop it first or attach to it")
+    record = read_run_file(run.run_dir)
+    if not record or "command" not in record:
+        raise _error(f"run {run.name!r} was not started by `traindeck run` (no command in run.json); "
+                     "resume it by running its script with ckpt_path='last'")
+    checkpoints = sorted((run.run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime,
+                         reverse=True)
+    valid = next((p for p in checkpoints if verify(p)[0]), None)
+    if valid is None:
+        raise _error(f"run {run.name!r} has no valid checkpoint in {run.run_dir / 'checkpoints'} to resume from")
+    attempt = int(record.get("attempt") or 1) + 1
+    update_run_file(run.run_dir, attempt=attempt, state="starting", exit_status=None, failure=None)
+    append_event(run.run_dir, "resume_requested", source="cli", attempt=attempt, checkpoint=str(valid))
+    print(f"traindeck: resuming {run.name} (attempt {attempt}) from {valid}", file=sys.stderr)
+    return _launch(run.run_dir, args.detach)
+
+
+def _launch(run_dir: Path, detach: bool) -> int:
+    """Start the supervisor in its own session, wait for its socket, then follow or return."""
+    logs = run_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / "supervisor.log", "ab") as out:
+        supervisor = subprocess.Popen([sys.executable, "-m", "engine.supervisor", str(run_dir)],
+                                      stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+    deadline = time.monotonic() + SUPERVISOR_START_S
+    while True:
+        record = read_run_file(run_dir) or {}
+        if record.get("socket") and Path(record["socket"]).exists() and record.get("supervisor_pid") == supervisor.pid:
+            break
+        if supervisor.poll() is not None or time.monotonic() > deadline:
+            tail = (logs / "supervisor.log").read_text(errors="replace").strip().splitlines()[-10:]
+            raise _error(f"the supervisor did not start (see {logs / 'supervisor.log'}):\n" + "\n".join(tail))
+        time.sleep(0.05)
+    name = record.get("name", run_dir.name)
+    print(f"traindeck: run {name} started in {run_dir}", file=sys.stderr)
+    if detach:
+        print(f"  follow its logs:  traindeck logs {name} -f\n  control it:       traindeck ctl {name} "
+              f"pause|resume|checkpoint|stop|kill|set KEY=VALUE\n  list runs:        traindeck ls", file=sys.stderr)
+        return 0
+    return follow(run_dir, record["socket"])
+
+
+def follow(run_dir: Path, socket_path: str) -> int:
+    """Print every rank's new log lines and the events until the run ends; Ctrl-C stops, twice kills."""
+    from engine.client import Client, ConnectError
+
+    interrupts = 0
+    try:
+        client = Client(socket_path, name=f"cli-follow:{os.getpid()}")
+        client.connect()
+    except ConnectError as exc:
+        raise _error(str(exc)) from None
+    with client:
+        snapshot = client.subscribe(["logs", "events", "state"])
+        multi = len(snapshot.get("state", {}).get("ranks", {})) > 1 or _devices(run_dir) > 1
+        while True:
+            try:
+                message = client.recv(timeout=0.5)
+            except KeyboardInterrupt:
+                interrupts += 1
+                action = "stop" if interrupts == 1 else "kill"
+                print(f"\ntraindeck: {action} requested (Ctrl-C again to kill)" if interrupts == 1
+                      else "\ntraindeck: killing the job", file=sys.stderr)
+                client.send({"type": "command", "id": f"follow-{interrupts}", "action": action, "args": {}})
+                continue
+            except (OSError, EOFError):
+                break
+            if message is None:
+                continue
+            kind = message.get("type")
+            if kind == "log":
+                prefix = f"[rank {message['rank']}] " if multi else ""
+                for line in message["lines"]:
+                    print(prefix + line, flush=True)
+            elif kind == "event" and message["event"].get("event") in ("failed", "killed", "stopped", "finished"):
+                event = message["event"]
+                failure = event.get("failure") or {}
+                if failure.get("rank") is not None:
+                    print(f"traindeck: rank {failure['rank']} failed: {failure.get('message')}", file=sys.stderr)
+            elif kind == "bye":
+                break
+    record = read_run_file(run_dir) or {}
+    print(f"traindeck: run {record.get('name', run_dir.name)} {record.get('state', 'ended')}", file=sys.stderr)
+    status = record.get("exit_status")
+    return status if isinstance(status, int) else 1
+
+
+def _devices(run_dir: Path) -> int:
+    record = read_run_file(run_dir) or {}
+    return int(record.get("devices") or 1) * int(record.get("nnodes") or 1)
+
+
+# -- ctl ---------------------------------------------------------------------------------
+
+def cmd_ctl(args: argparse.Namespace) -> int:
+    """Send a command to a live run: pause, resume, checkpoint, stop, kill, or set KEY=VALUE."""
+    from engine.client import Client, ConnectError
+
+    words = list(args.words)
+    run_query = None if words[0] in ACTIONS else words.pop(0)
+    if not words or words[0] not in ACTIONS:
+        raise _error(f"expected an action ({', '.join(ACTIONS)}) after the run name, got {' '.join(words) or 'nothing'}")
+    action, rest = words[0], words[1:]
+    command_args = _command_args(action, rest, args)
+    run = _lookup(run_query, args.root_dir, live_only=True)
+    try:
+        with Client(run.socket, name=f"cli:{os.environ.get('USER', 'user')}@{socket.gethostname()}") as client:
+            reply = client.command(action, timeout=args.timeout, **command_args)
+    except ConnectError as exc:
+        raise _error(f"run {run.name!r}: {exc}") from None
+    except TimeoutError:
+        raise _error(f"run {run.name!r} did not answer within {args.timeout:g} s (a long step or validation?); "
+                     "the command may still be applied") from None
+    if args.json:
+        print(json.dumps(reply))
+    elif reply.get("ok"):
+        where = f" at step {reply['step']}" if reply.get("step") is not None else ""
+        detail = reply.get("detail") or {}
+        extra = f": {detail['path']}" if "path" in detail else (
+            f": {detail['key']} {detail.get('old')} -> {detail.get('new')}" if "key" in detail else "")
+        print(f"{run.name}: {action} applied{where}{extra}")
+    else:
+        print(f"{run.name}: {action} refused: {reply.get('error')}", file=sys.stderr)
+    return 0 if reply.get("ok") else 1
+
+
+def _command_args(action: str, rest: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    if action == "set":
+        if len(rest) != 1 or "=" not in rest[0]:
+            raise _error("set needs one KEY=VALUE, e.g. `traindeck ctl RUN set lr=3e-4`")
+        key, _, text = rest[0].partition("=")
+        try:
+            value = float(text)
+        except ValueError:
+            raise _error(f"bad KEY=VALUE {rest[0]!r}: {text!r} is not a number") from None
+        if not key.isidentifier():
+            raise _error(f"bad KEY=VALUE {rest[0]!r}: {key!r} is not a name")
+        out: dict[str, Any] = {"key": key, "value": int(value) if text.strip().lstrip("-").isdigit() else value}
+        if args.group is not None:
+            out["group"] = int(args.group) if args.group.isdigit() else args.group
+        return out
+    if rest:
+        raise _error(f"{action} takes no arguments, got {' '.join(rest)}")
+    if action == "stop":
+        return {"checkpoint": not args.no_checkpoint}
+    if action == "kill":
+        return {"grace_s": args.grace}
+    return {}
+
+
+def _lookup(query: str | None, root_dir: str, live_only: bool = False) -> Any:
+    try:
+        return resolve_run(query, Path(root_dir), live_only=live_only)
+    except RunNotFound as exc:
+        raise _error(str(exc)) from None
+
+
+# -- parsers -----------------------------------------------------------------------------
+
+def add_job_commands(sub: Any) -> None:
+    """Register ``run``, ``resume`` and ``ctl`` on the ``traindeck`` parser."""
+    run = sub.add_parser("run", help=cmd_run.__doc__, description=cmd_run.__doc__)
+    run.add_argument("--devices", type=int, default=1, help="processes (devices) per node (default 1)")
+    run.add_argument("--nnodes", type=int, default=1, help="number of nodes (torchrun --nnodes)")
+    run.add_argument("--node-rank", type=int, default=None, help="this node's rank (torchrun --node-rank)")
+    run.add_argument("--rdzv-endpoint", help="HOST:PORT of the rendezvous, the same on every node")
+    run.add_argument("--rdzv-id", help="job id shared by all nodes (default: the run name)")
+    run.add_argument("--max-restarts", type=int, default=0,
+                     help="restart the group this many times after a failure, resuming from the last checkpoint")
+    run.add_argument("--name", help="run name (the run directory is ROOT_DIR/NAME)")
+    run.add_argument("--root-dir", default="runs", help="where run directories live (default: runs)")
+    run.add_argument("--detach", action="store_true", help="start the job and return at once")
+    run.add_argument("script", help="the training script (a .py file)")
+    run.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments passed to the script")
+    run.set_defaults(func=cmd_run)
+
+    resume = sub.add_parser("resume", help=cmd_resume.__doc__, description=cmd_resume.__doc__)
+    resume.add_argument("run", nargs="?", help="run name or unique prefix")
+    resume.add_argument("--root-dir", default="runs", help="where run directories live (default: runs)")
+    resume.add_argument("--detach", action="store_true", help="start the job and return at once")
+    resume.set_defaults(func=cmd_resume)
+
+    ctl = sub.add_parser("ctl", help=cmd_ctl.__doc__, description=cmd_ctl.__doc__
+                         + " RUN may be a name, a unique prefix, or omitted when one run is live.",
+                         usage="traindeck ctl [RUN] {pause,resume,checkpoint,stop,kill,set KEY=VALUE} [options]")
+    ctl.add_argument("words", nargs="+", metavar="[RUN] ACTION", help="the run (optional) and the action")
+    ctl.add_argument("--group", help="set: only this param group (its 'name', or an index)")
+    ctl.add_argument("--no-checkpoint", action="store_true", help="stop: exit without saving a checkpoint")
+    ctl.add_argument("--grace", type=float, default=5.0, help="kill: seconds between SIGTERM and SIGKILL (default 5)")
+    ctl.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the reply (default 30)")
+    ctl.add_argument("--json", action="store_true", help="print the reply as JSON")
+    ctl.add_argument("--root-dir", default="runs", help="where run directories live (default: runs)")
+    ctl.set_defaults(func=cmd_ctl)
