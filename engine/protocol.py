@@ -77,17 +77,17 @@ def encode(message: dict[str, Any]) -> bytes:
     try:
         text = json.dumps(message, separators=(",", ":"), allow_nan=False, default=_jsonable)
     except ValueError:
-        text = json.dumps(_finite(message), separators=(",", ":"), allow_nan=False, default=_jsonable)
+        text = json.dumps(_nulled(message), separators=(",", ":"), allow_nan=False, default=_jsonable)
     return (text + "\n").encode()
 
 
-def _finite(value: Any) -> Any:
+def _nulled(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: _nulled(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [_nulled(v) for v in value]
     return value
 
 
@@ -102,7 +102,7 @@ def decode(line: bytes | str) -> dict[str, Any]:
     if len(line) > MAX_LINE_BYTES:
         raise ProtocolError(f"line of {len(line)} bytes exceeds the limit of {MAX_LINE_BYTES}")
     try:
-        message = json.loads(line, parse_float=_finite, parse_constant=_finite)
+        message = json.loads(line, parse_float=_parse_finite, parse_constant=_parse_finite)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"not JSON: {exc}") from None
     except RecursionError:
@@ -111,7 +111,7 @@ def decode(line: bytes | str) -> dict[str, Any]:
     return message
 
 
-def _finite(text: str) -> float:
+def _parse_finite(text: str) -> float:
     """A JSON number as a float; NaN, Infinity and overflowing literals are refused, since encode cannot send them on."""
     value = float(text)
     if not math.isfinite(value):

@@ -150,13 +150,21 @@ def test_going_back_in_step_keeps_the_bucket_straddling_the_step():
 
 def test_metrics_beyond_max_metrics_are_dropped_and_counted():
     history = MetricHistory(max_metrics=3)
-    for i in range(10):
+    for i in range(6):
         for step in range(5):
             history.add(f"m{i}", step, 0.0, 1.0)
 
     assert history.names() == ["m0", "m1", "m2"]
-    assert (history.dropped_metrics, history.dropped_points) == (7, 35)
+    assert (history.dropped_metrics, history.dropped_points) == (3, 15)
     assert history.latest("m5") is None
+
+
+def test_refused_names_remembered_never_outnumber_max_metrics():
+    history = MetricHistory(max_metrics=2)
+    for i in range(10_000):
+        history.add(f"m{i}", 0, 0.0, 1.0)
+
+    assert (history.dropped_metrics, history.dropped_points) == (2, 9_998)
 
 
 def test_snapshot_is_strict_json_and_decodes_to_the_values_logged():
@@ -182,7 +190,7 @@ def test_memory_stays_under_one_mib_with_two_million_points():
         history = MetricHistory()
         for step in range(500_000):
             for name in names:
-                history.add(name, step, float(step), 0.5)
+                history.add(name, step, 1.7e9, 0.5)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -14,13 +14,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from tui.errors import CLIError
+
 __all__ = ["main"]
 
 DEMO_SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "demo.py"
 
 
-class CLIError(Exception):
-    """A user-facing error: printed as one line, exit status 2."""
 
 
 def _check_script(script: Path) -> None:

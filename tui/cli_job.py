@@ -18,18 +18,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from tui.errors import CLIError
 from engine.runs import RunNotFound, read_run_file, resolve_run, update_run_file, write_run_file
 
 __all__ = ["add_job_commands", "cmd_run"]
 
 ACTIONS = ("pause", "resume", "checkpoint", "stop", "kill", "set")
 SUPERVISOR_START_S = 15.0
-
-
-def _error(message: str) -> Exception:
-    from tui.cli import CLIError
-
-    return CLIError(message)
 
 
 def _now() -> str:
@@ -50,9 +45,9 @@ def _torchrun_args(args: argparse.Namespace) -> list[str]:
 
 def _check_script(script: Path) -> None:
     if not script.is_file():
-        raise _error(f"no such script: {script}")
+        raise CLIError(f"no such script: {script}")
     if script.suffix != ".py":
-        raise _error(f"{script} is not a Python script (.py)")
+        raise CLIError(f"{script} is not a Python script (.py)")
 
 
 # -- run ---------------------------------------------------------------------------------
@@ -65,13 +60,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     script = Path(args.script)
     _check_script(script)
     if args.devices < 1 or args.nnodes < 1:
-        raise _error(f"--devices {args.devices} --nnodes {args.nnodes}: both must be at least 1")
+        raise CLIError(f"--devices {args.devices} --nnodes {args.nnodes}: both must be at least 1")
     if args.nnodes > 1 and not args.rdzv_endpoint:
-        raise _error(f"--nnodes {args.nnodes} needs --rdzv-endpoint HOST:PORT (the same on every node)")
+        raise CLIError(f"--nnodes {args.nnodes} needs --rdzv-endpoint HOST:PORT (the same on every node)")
     if args.max_restarts < 0:
-        raise _error(f"--max-restarts {args.max_restarts}: must be 0 or more")
+        raise CLIError(f"--max-restarts {args.max_restarts}: must be 0 or more")
     if args.name and (Path(args.root_dir) / args.name / "run.json").exists():
-        raise _error(f"a run named {args.name!r} already exists in {args.root_dir}; continue it with "
+        raise CLIError(f"a run named {args.name!r} already exists in {args.root_dir}; continue it with "
                      f"`traindeck resume {args.name}` or choose another --name")
     run_dir = choose_run_dir(args.root_dir, args.name).resolve()
     record = {"name": run_dir.name, "run_dir": str(run_dir), "created": _now(), "host": socket.gethostname(),
@@ -92,16 +87,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     run = _lookup(args.run, args.root_dir)
     if run.live:
-        raise _error(f"run {run.name!r} is live ({run.state}); stop it first or attach to it")
+        raise CLIError(f"run {run.name!r} is live ({run.state}); stop it first or attach to it")
     record = read_run_file(run.run_dir)
     if not record or "command" not in record:
-        raise _error(f"run {run.name!r} was not started by `traindeck run` (no command in run.json); "
+        raise CLIError(f"run {run.name!r} was not started by `traindeck run` (no command in run.json); "
                      "resume it by running its script with ckpt_path='last'")
     checkpoints = sorted((run.run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime,
                          reverse=True)
     valid = next((p for p in checkpoints if verify(p)[0]), None)
     if valid is None:
-        raise _error(f"run {run.name!r} has no valid checkpoint in {run.run_dir / 'checkpoints'} to resume from")
+        raise CLIError(f"run {run.name!r} has no valid checkpoint in {run.run_dir / 'checkpoints'} to resume from")
     attempt = int(record.get("attempt") or 1) + 1
     update_run_file(run.run_dir, attempt=attempt, state="starting", exit_status=None, failure=None)
     append_event(run.run_dir, "resume_requested", source="cli", attempt=attempt, checkpoint=str(valid))
@@ -124,7 +119,7 @@ def _launch(run_dir: Path, detach: bool) -> int:
             break
         if supervisor.poll() is not None or time.monotonic() > deadline:
             tail = (logs / "supervisor.log").read_text(errors="replace").strip().splitlines()[-10:]
-            raise _error(f"the supervisor did not start (see {logs / 'supervisor.log'}):\n" + "\n".join(tail))
+            raise CLIError(f"the supervisor did not start (see {logs / 'supervisor.log'}):\n" + "\n".join(tail))
         time.sleep(0.05)
     name = record.get("name", run_dir.name)
     print(f"traindeck: run {name} started in {run_dir}", file=sys.stderr)
@@ -144,7 +139,7 @@ def follow(run_dir: Path, socket_path: str) -> int:
         client = Client(socket_path, name=f"cli-follow:{os.getpid()}")
         client.connect()
     except ConnectError as exc:
-        raise _error(str(exc)) from None
+        raise CLIError(str(exc)) from None
     with client:
         snapshot = client.subscribe(["logs", "events", "state"])
         multi = len(snapshot.get("state", {}).get("ranks", {})) > 1 or _devices(run_dir) > 1
@@ -194,7 +189,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     words = list(args.words)
     run_query = None if words[0] in ACTIONS else words.pop(0)
     if not words or words[0] not in ACTIONS:
-        raise _error(f"expected an action ({', '.join(ACTIONS)}) after the run name, got {' '.join(words) or 'nothing'}")
+        raise CLIError(f"expected an action ({', '.join(ACTIONS)}) after the run name, got {' '.join(words) or 'nothing'}")
     action, rest = words[0], words[1:]
     command_args = _command_args(action, rest, args)
     run = _lookup(run_query, args.root_dir, live_only=True)
@@ -202,9 +197,9 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         with Client(run.socket, name=f"cli:{os.environ.get('USER', 'user')}@{socket.gethostname()}") as client:
             reply = client.command(action, timeout=args.timeout, **command_args)
     except ConnectError as exc:
-        raise _error(f"run {run.name!r}: {exc}") from None
+        raise CLIError(f"run {run.name!r}: {exc}") from None
     except TimeoutError:
-        raise _error(f"run {run.name!r} did not answer within {args.timeout:g} s (a long step or validation?); "
+        raise CLIError(f"run {run.name!r} did not answer within {args.timeout:g} s (a long step or validation?); "
                      "the command may still be applied") from None
     if args.json:
         print(json.dumps(reply))
@@ -222,20 +217,20 @@ def cmd_ctl(args: argparse.Namespace) -> int:
 def _command_args(action: str, rest: list[str], args: argparse.Namespace) -> dict[str, Any]:
     if action == "set":
         if len(rest) != 1 or "=" not in rest[0]:
-            raise _error("set needs one KEY=VALUE, e.g. `traindeck ctl RUN set lr=3e-4`")
+            raise CLIError("set needs one KEY=VALUE, e.g. `traindeck ctl RUN set lr=3e-4`")
         key, _, text = rest[0].partition("=")
         try:
             value = float(text)
         except ValueError:
-            raise _error(f"bad KEY=VALUE {rest[0]!r}: {text!r} is not a number") from None
+            raise CLIError(f"bad KEY=VALUE {rest[0]!r}: {text!r} is not a number") from None
         if not key.isidentifier():
-            raise _error(f"bad KEY=VALUE {rest[0]!r}: {key!r} is not a name")
+            raise CLIError(f"bad KEY=VALUE {rest[0]!r}: {key!r} is not a name")
         out: dict[str, Any] = {"key": key, "value": int(value) if text.strip().lstrip("-").isdigit() else value}
         if args.group is not None:
             out["group"] = int(args.group) if args.group.isdigit() else args.group
         return out
     if rest:
-        raise _error(f"{action} takes no arguments, got {' '.join(rest)}")
+        raise CLIError(f"{action} takes no arguments, got {' '.join(rest)}")
     if action == "stop":
         return {"checkpoint": not args.no_checkpoint}
     if action == "kill":
@@ -247,7 +242,7 @@ def _lookup(query: str | None, root_dir: str, live_only: bool = False) -> Any:
     try:
         return resolve_run(query, Path(root_dir), live_only=live_only)
     except RunNotFound as exc:
-        raise _error(str(exc)) from None
+        raise CLIError(str(exc)) from None
 
 
 # -- parsers -----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from engine.runs import RunInfo, RunNotFound, list_runs, load_run, resolve_run, tail_offset
+from tui.errors import CLIError
 
 __all__ = ["add_run_commands", "cmd_logs", "cmd_ls"]
 
@@ -23,13 +24,6 @@ POLL_INTERVAL_S = 0.2
 NEWEST_SHOWN = 20
 _BLOCK = 64 * 1024
 _MAX_LINE = 1024 * 1024
-
-
-def _error(message: str) -> Exception:
-    """A ``tui.cli.CLIError``, imported late: tui.cli imports this module."""
-    from tui.cli import CLIError
-
-    return CLIError(message)
 
 
 def _age(created: datetime | None) -> str:
@@ -84,7 +78,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     try:
         run = resolve_run(args.run, Path(args.root_dir))
     except RunNotFound as exc:
-        raise _error(str(exc)) from exc
+        raise CLIError(str(exc)) from exc
     follow = args.follow and run.live
     if args.follow and not run.live:
         print(f"traindeck: run '{run.name}' is {run.state}, not live: printing its log without following",
@@ -117,13 +111,13 @@ def _logs(run: RunInfo, rank: int | str, waiting: bool) -> list[tuple[Path, str]
     if rank == "all":
         if ranks or waiting:
             return [(logs / f"rank{r}.log", f"[rank {r}] ") for r in ranks]
-        raise _error(f"run '{run.name}' has no logs yet ({logs}/rank<N>.log appear when its ranks start)")
+        raise CLIError(f"run '{run.name}' has no logs yet ({logs}/rank<N>.log appear when its ranks start)")
     if rank in ranks or waiting:
         return [(logs / f"rank{rank}.log", "")]
     if ranks:
-        raise _error(f"run '{run.name}' has no log for rank {rank} (ranks with logs: "
+        raise CLIError(f"run '{run.name}' has no log for rank {rank} (ranks with logs: "
                      f"{', '.join(map(str, ranks))})")
-    raise _error(f"run '{run.name}' has no logs yet ({logs}/rank<N>.log appear when its ranks start)")
+    raise CLIError(f"run '{run.name}' has no logs yet ({logs}/rank<N>.log appear when its ranks start)")
 
 
 class _LogTail:

@@ -42,6 +42,7 @@ _NAN = float("nan")
 _INF = float("inf")
 FIRST_STEP, LAST_STEP, FIRST_TIME, LAST_TIME, MIN, MAX, LAST, COUNT, NANS = range(9)
 _STRIDE = 9
+_FOLD = 256
 
 
 def encode_float(x: float) -> float | str | None:
@@ -60,18 +61,20 @@ def decode_float(x: float | str | None) -> float:
 
 class _Series:
     """One metric: closed buckets packed in a flat float array, the open bucket as a list, and
-    the recent raw points in arrays trimmed in halves (amortised O(1) per point).
+    the recent raw points in arrays trimmed by half when full (amortised O(1) per point).
 
-    ``add`` allocates nothing in the steady state, which keeps it fast: its counters are floats,
-    which CPython recycles, where every int above 256 would be a fresh allocation.
+    ``add`` creates no objects, which keeps it cheap (and cheap under tracemalloc): it counts
+    points in ``pending``, an int below `_FOLD` that CPython never allocates, folded into ``n``
+    (with the trimming) every `_FOLD` points. The open bucket's count is stored minus the points
+    counted when it opened; `_settled` adds them back.
     """
 
-    __slots__ = ("capacity", "limit", "width", "end", "step", "room", "open", "closed",
+    __slots__ = ("capacity", "limit", "width", "end", "step", "n", "pending", "open", "closed",
                  "steps", "times", "values")
 
     def __init__(self, capacity: int, limit: int) -> None:
         self.capacity, self.limit = capacity, limit
-        self.width, self.end, self.step, self.room = 1, -1, -1, 2.0 * limit
+        self.width, self.end, self.step, self.n, self.pending = 1, -1, -1, 0, 0
         self.open: list[float] = []
         self.closed = array("d")
         self.steps, self.times, self.values = array("q"), array("d"), array("d")
@@ -83,7 +86,6 @@ class _Series:
             self._advance(step, time)
         b = self.open
         b[LAST_STEP], b[LAST_TIME], b[LAST] = step, time, value
-        b[COUNT] += 1.0
         if value < b[MIN]:
             b[MIN] = value
         if value > b[MAX]:
@@ -94,15 +96,28 @@ class _Series:
         self.steps.append(step)
         self.times.append(time)
         self.values.append(value)
-        self.room -= 1.0
-        if self.room < 0.0:
+        self.pending += 1
+        if self.pending == _FOLD:
+            self._fold()
+
+    def _fold(self) -> None:
+        """Move ``pending`` into ``n`` and keep the last ``limit`` raw points once twice that many."""
+        self.n, self.pending = self.n + self.pending, 0
+        if len(self.steps) > 2 * self.limit:
             cut = len(self.steps) - self.limit
             del self.steps[:cut], self.times[:cut], self.values[:cut]
-            self.room = float(self.limit)
+
+    def _settled(self) -> list[float]:
+        """The open bucket with its true count (none before the first point)."""
+        if not self.open:
+            return []
+        b = self.open.copy()
+        b[COUNT] += self.n + self.pending
+        return b
 
     def _advance(self, step: int, time: float) -> None:
         """Close the open bucket and open the one ``step`` falls in, merging first if full."""
-        self.closed.extend(self.open)
+        self.closed.extend(self._settled())
         while len(self.closed) > (self.capacity - 1) * _STRIDE:
             self._merge()
         key = step // self.width
@@ -112,6 +127,7 @@ class _Series:
             del self.closed[-_STRIDE:]
         else:
             self.open = [step, step, time, time, _INF, -_INF, _NAN, 0.0, 0.0]
+        self.open[COUNT] -= self.n + self.pending
 
     def _merge(self) -> None:
         """Double the width and merge the buckets that now share a key: min and max across
@@ -131,7 +147,7 @@ class _Series:
 
     def _rewind(self, step: int) -> None:
         """Forget what was logged at ``step`` or later: the run restarted from a checkpoint."""
-        self.closed.extend(self.open)
+        self.closed.extend(self._settled())
         end = len(self.closed)
         while end and self.closed[end - _STRIDE + FIRST_STEP] >= step:
             end -= _STRIDE
@@ -139,10 +155,9 @@ class _Series:
         self.open, self.end = [], -1
         cut = bisect.bisect_left(self.steps, step)
         del self.steps[cut:], self.times[cut:], self.values[cut:]
-        self.room = 2.0 * self.limit - cut
 
     def buckets(self) -> list[list[Any]]:
-        rows = self.closed.tolist() + self.open
+        rows = self.closed.tolist() + self._settled()
         return [_encode_bucket(rows[i:i + _STRIDE]) for i in range(0, len(rows), _STRIDE)]
 
     def recent(self) -> list[list[Any]]:
@@ -151,12 +166,12 @@ class _Series:
                 zip(self.steps[start:], self.times[start:], self.values[start:])]
 
     def summary(self) -> dict[str, Any]:
-        b = self.open
+        b = self._settled()
         count = int(sum(self.closed[COUNT::_STRIDE]) + b[COUNT])
         nans = int(sum(self.closed[NANS::_STRIDE]) + b[NANS])
+        numbers = count > nans
         lo = min(self.closed[MIN::_STRIDE], default=_INF)
         hi = max(self.closed[MAX::_STRIDE], default=-_INF)
-        numbers = count > nans
         return {"step": int(b[LAST_STEP]), "last": encode_float(b[LAST]),
                 "min": encode_float(min(lo, b[MIN])) if numbers else None,
                 "max": encode_float(max(hi, b[MAX])) if numbers else None,
