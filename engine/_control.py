@@ -121,19 +121,23 @@ class Controller:
     def _checkpoint(self, command: dict[str, Any]) -> None:
         """Every rank joins the save; rank 0 replies once the file is on disk (or failed)."""
 
+        step = self.trainer.global_step
+
         def done(path: Any, error: BaseException | None) -> None:
             if error is None:
-                self._reply(command, ok=True, detail={"path": str(path)})
+                self._reply(command, ok=True, detail={"path": str(path)}, step=step)
             else:
-                self._reply(command, ok=False, error=f"checkpoint failed: {error}")
+                self._reply(command, ok=False, error=f"checkpoint failed: {error}", step=step)
 
         self.trainer.save_command_checkpoint(on_done=done)
 
     def _reply(self, command: dict[str, Any], ok: bool, error: str | None = None,
-               detail: dict[str, Any] | None = None) -> None:
+               detail: dict[str, Any] | None = None, step: int | None = None) -> None:
+        """Rank 0 answers through the supervisor; ``step`` defaults to now (a background save passes its own)."""
         if self.channel is None or self.trainer.global_rank != 0:
             return
-        message: dict[str, Any] = {"type": "applied", "id": command["id"], "ok": ok, "step": self.trainer.global_step}
+        step = self.trainer.global_step if step is None else step
+        message: dict[str, Any] = {"type": "applied", "id": command["id"], "ok": ok, "step": step}
         if error is not None:
             message["error"] = error
         if detail is not None:

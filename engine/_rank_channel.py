@@ -8,6 +8,7 @@ supervisor's death takes the job down by itself, see ``_launcher``). Imports no 
 
 from __future__ import annotations
 
+import atexit
 import collections
 import os
 import socket
@@ -101,7 +102,7 @@ class RankChannel:
             pass
 
 
-def connect_from_env(rank: int, local_rank: int, device: str, timeout: float = 10.0) -> RankChannel | None:
+def connect_from_env(rank: int, local_rank: int, device: str, timeout: float = 5.0) -> RankChannel | None:
     """The channel to the supervisor named by ``$TRAINDECK_SOCKET``, or None when there is none."""
     path = os.environ.get(SOCKET_ENV)
     if not path:
@@ -125,4 +126,6 @@ def connect_from_env(rank: int, local_rank: int, device: str, timeout: float = 1
         log.warning(f"the supervisor at {path} refused this rank: {welcome.get('error', welcome)}")
         return None
     sock.settimeout(None)
-    return RankChannel(sock, stream, rank)
+    channel = RankChannel(sock, stream, rank)
+    atexit.register(channel.close)
+    return channel

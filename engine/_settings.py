@@ -41,15 +41,18 @@ def check_setting(key: str, value: Any, group: str | int | None, optimizers: Seq
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise SettingError(f"{key}={value!r}: the value must be a finite number")
     if key in tunables and group is None:
+        if isinstance(tunables[key], int) and not float(value).is_integer():
+            raise SettingError(f"{key} is an integer tunable; {value} is not a whole number")
         return
     groups = _selected_groups(optimizers, group)
-    if not groups or not any(key in pg for _, _, pg in groups):
+    having = [pg for _, _, pg in groups if key in pg]
+    if not having:
         keys = sorted({k for _, _, pg in groups for k, v in pg.items()
                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
         raise SettingError(f"unknown key {key!r}: optimizer param groups have {', '.join(keys) or 'no numbers'}; "
                            f"module tunables: {', '.join(sorted(tunables)) or 'none'}")
-    for _, _, pg in groups:
-        current = pg.get(key)
+    for pg in having:
+        current = pg[key]
         if isinstance(current, bool) or not isinstance(current, (int, float)):
             raise SettingError(f"{key} is {type(current).__name__} ({current!r}) in the optimizer; "
                                "set changes numbers only")
@@ -86,14 +89,24 @@ def _rescale_schedule(pg: dict[str, Any], old: float, new: float, schedulers: Se
     for key in _SCHEDULE_KEYS:
         if key in pg and isinstance(pg[key], (int, float)):
             pg[key] = pg[key] * ratio if ratio is not None else new
-    for scheduler in schedulers:
+    for scheduler in _flattened(schedulers):
         groups = getattr(getattr(scheduler, "optimizer", None), "param_groups", [])
         index = next((i for i, candidate in enumerate(groups) if candidate is pg), None)
         if index is None:
             continue
-        base = getattr(scheduler, "base_lrs", None)
-        if isinstance(base, list) and index < len(base):
-            base[index] = base[index] * ratio if ratio is not None else new
+        for name in ("base_lrs", "max_lrs"):
+            base = getattr(scheduler, name, None)
+            if isinstance(base, list) and index < len(base):
+                base[index] = base[index] * ratio if ratio is not None else new
         last = getattr(scheduler, "_last_lr", None)
         if isinstance(last, list) and index < len(last):
             last[index] = new
+
+
+def _flattened(schedulers: Sequence[Any]) -> list[Any]:
+    """The schedulers and, for SequentialLR / ChainedScheduler, the ones they drive."""
+    out: list[Any] = []
+    for scheduler in schedulers:
+        out.append(scheduler)
+        out.extend(_flattened(getattr(scheduler, "_schedulers", None) or []))
+    return out

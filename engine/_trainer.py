@@ -764,7 +764,7 @@ class Trainer:
                 raise CheckpointError("ckpt_path='best': no best checkpoint is known for this run "
                                       "(it needs a ModelCheckpoint with monitor=...); pass a file path instead")
             return Path(best)
-        candidates = callback.candidates() if callback is not None else []
+        candidates = self._resume_candidates()
         for i, candidate in enumerate(candidates):
             valid, reason = verify(candidate)
             if valid:
@@ -776,11 +776,19 @@ class Trainer:
         raise CheckpointError("ckpt_path='last': no valid checkpoint was found in "
                               f"{callback.dirpath if callback is not None else 'this run'}; pass a file path")
 
+    def _resume_candidates(self) -> list[Path]:
+        """Checkpoints to resume from, newest first (last.ckpt first), from ModelCheckpoint or the run's directory."""
+        callback = self.checkpoint_callback
+        if callback is not None:
+            return callback.candidates()
+        directory = self._checkpoint_dir()
+        files = sorted(directory.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+        return [p for p in files if p.name == "last.ckpt"] + [p for p in files if p.name != "last.ckpt"]
+
     def _restart_checkpoint(self) -> str | None:
         """After a group restart (--max-restarts) or `traindeck resume`, continue from the newest valid checkpoint."""
         restart = self._launch.restart_count
-        callback = self.checkpoint_callback
-        has_one = callback is not None and any(verify(p)[0] for p in callback.candidates())
+        has_one = any(verify(p)[0] for p in self._resume_candidates())
         if restart == 0:
             if os.environ.get(RESUME_ENV) and self.is_global_zero:
                 log.info("resuming this run from its last valid checkpoint" if has_one

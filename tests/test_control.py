@@ -271,7 +271,8 @@ def test_set_a_tunable_changes_module_tunables_and_the_reply_shows_old_and_new(s
     assert [record.tunables_at[s]["temperature"] for s in range(5)] == [1.0, 1.0, 0.5, 0.5, 0.5]
 
 
-def test_a_bad_set_is_answered_with_an_error_naming_the_key_and_changes_nothing(supervisor, trainer_for):
+def test_a_bad_set_is_answered_with_an_error_naming_the_key_and_changes_nothing(supervisor, trainer_for,
+                                                                              monkeypatch):
     commands = Commands(supervisor, 2, ("set", {"key": "learning_rate", "value": 0.5}))
     trainer = trainer_for(max_steps=6, seed=0, callbacks=[commands])
     torch.manual_seed(0)
@@ -282,6 +283,7 @@ def test_a_bad_set_is_answered_with_an_error_naming_the_key_and_changes_nothing(
     assert "unknown key 'learning_rate'" in reply["error"] and "lr" in reply["error"]
     assert trainer.global_step == 6
 
+    monkeypatch.delenv("TRAINDECK_SOCKET")
     twin_trainer = trainer_for(max_steps=6, seed=0)
     torch.manual_seed(0)
     twin = TinyClassifier()
@@ -342,10 +344,10 @@ def test_the_checkpoint_reply_carries_the_step_it_was_taken_at(supervisor, train
 
     class Slow(Callback):
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            time.sleep(0.02)
+            time.sleep(0.01)
 
     commands = Commands(supervisor, 2, ("checkpoint", None))
-    supervisor.fit(trainer_for(max_steps=40, callbacks=[commands, Slow()]), TinyClassifier(), make_loader())
+    supervisor.fit(trainer_for(max_steps=30, callbacks=[commands, Slow()]), TinyClassifier(), make_loader())
     reply = supervisor.applied(commands.ids[0])
     assert reply["detail"]["path"].endswith("step=2-command.ckpt")
     assert reply["step"] == 2
@@ -532,9 +534,6 @@ def test_without_resume_env_an_existing_checkpoint_is_not_used(supervisor, train
     assert record.start_step == 0
 
 
-@pytest.mark.xfail(strict=True, reason="engine/_trainer.py _restart_checkpoint looks for checkpoints only through "
-                   "the ModelCheckpoint callback; with enable_checkpointing=False the command checkpoint that "
-                   "save_command_checkpoint wrote to <run dir>/checkpoints is ignored and the run starts over")
 def test_resume_env_finds_a_command_checkpoint_when_checkpointing_is_off(supervisor, trainer_for, monkeypatch,
                                                                          tmp_path):
     _stopped_run_with_a_checkpoint(supervisor, trainer_for, 3)

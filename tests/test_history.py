@@ -103,7 +103,7 @@ def test_none_is_counted_as_nan():
     history.add("grad_norm", 0, 0.0, 2.0)
     history.add("grad_norm", 1, 0.0, None)
 
-    assert history.summary()["grad_norm"] == {"step": 1, "last": None, "min": 2.0, "max": 2.0,
+    assert history.summary()["grad_norm"] == {"step": 1, "last": "nan", "min": 2.0, "max": 2.0,
                                               "count": 2, "nans": 1}
 
 
@@ -111,7 +111,7 @@ def test_a_bucket_of_only_nan_has_no_min_or_max():
     history = MetricHistory()
     history.add("loss", 0, 0.0, math.nan)
 
-    assert buckets(history, "loss") == [Bucket(0, 0, 0.0, 0.0, None, None, None, 1, 1)]
+    assert buckets(history, "loss") == [Bucket(0, 0, 0.0, 0.0, None, None, "nan", 1, 1)]
 
 
 def test_inf_is_kept_as_a_value():
@@ -167,6 +167,25 @@ def test_refused_names_remembered_never_outnumber_max_metrics():
     assert (history.dropped_metrics, history.dropped_points) == (2, 9_998)
 
 
+def test_points_with_a_step_out_of_range_are_dropped_and_counted():
+    history = MetricHistory()
+    history.add("loss", 3, 0.0, 1.0)
+    history.add("loss", -1, 0.0, 2.0)
+    history.add("loss", 2**64, 0.0, 3.0)
+    history.add("acc", -5, 0.0, 4.0)
+
+    assert history.dropped_points == 3
+    assert history.names() == ["loss"] and history.latest("loss") == (3, 0.0, 1.0)
+
+
+def test_a_point_that_cannot_be_recorded_leaves_no_metric_behind():
+    history = MetricHistory()
+    with pytest.raises(TypeError):
+        history.add("loss", "3", 0.0, 1.0)
+
+    assert history.names() == [] and history.summary() == {}
+
+
 def test_snapshot_is_strict_json_and_decodes_to_the_values_logged():
     history = MetricHistory()
     values = [1.5, math.nan, math.inf, -math.inf, None, 0.0]
@@ -179,16 +198,20 @@ def test_snapshot_is_strict_json_and_decodes_to_the_values_logged():
     json.dumps(history.summary(), allow_nan=False)
 
 
-def test_encode_float_maps_only_non_finite_values():
-    assert [encode_float(x) for x in (2.5, math.nan, math.inf, -math.inf)] == [2.5, None, "inf", "-inf"]
+def test_non_finite_values_are_spelled_as_the_protocol_spells_them():
+    encoded = [encode_float(x) for x in (2.5, math.nan, math.inf, -math.inf)]
+
+    assert encoded == [2.5, "nan", "inf", "-inf"]
+    assert [repr(float(x)) for x in encoded] == ["2.5", "nan", "inf", "-inf"]
 
 
 def test_memory_stays_under_one_mib_with_two_million_points():
     names = ["loss", "lr", "grad_norm", "tokens_per_s"]
+    steps = list(range(500_000))
     tracemalloc.start()
     try:
         history = MetricHistory()
-        for step in range(500_000):
+        for step in steps:
             for name in names:
                 history.add(name, step, 1.7e9, 0.5)
         _, peak = tracemalloc.get_traced_memory()

@@ -167,9 +167,6 @@ def test_a_float_tunable_set_to_an_int_becomes_a_float():
     assert tunables["scale"] == 2.0 and isinstance(tunables["scale"], float)
 
 
-@pytest.mark.xfail(strict=True, reason="engine/_settings.py apply_setting: an int tunable is converted with "
-                   "type(old)(value), so k=2.7 silently becomes 2 (check_setting accepts it); optimizer "
-                   "values in the same situation become floats")
 def test_an_int_tunable_set_to_a_fractional_value_is_not_silently_truncated():
     tunables = {"k": 3}
     try:
@@ -255,9 +252,6 @@ def test_a_set_lr_is_in_effect_at_once_under_a_scheduler(name):
     assert sched.get_last_lr() == [0.04]
 
 
-@pytest.mark.xfail(strict=True, reason="engine/_settings.py _rescale_schedule rescales only the top-level "
-                   "scheduler's base_lrs: SequentialLR/ChainedScheduler children and CyclicLR's max_lrs keep "
-                   "the old schedule, so the set lr is overwritten at the next scheduler step")
 @pytest.mark.parametrize("name", list(_NESTED))
 def test_a_set_lr_lasts_under_composite_schedulers(name):
     changed, twin = _lr_with_and_without_set(_NESTED[name], ratio=3.0)

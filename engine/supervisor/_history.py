@@ -1,17 +1,16 @@
 """The supervisor's bounded, downsampled history of every metric a run logs.
 
-Each metric keeps at most ``buckets_per_metric`` buckets, evenly spaced in step: bucket ``k``
-covers steps ``[k * width, (k + 1) * width)``. When one more bucket would exceed the capacity,
-the width doubles and buckets sharing the new ``k`` merge, so memory stays bounded however long
-the run is. A bucket keeps min, max and last rather than a mean, so a spike is never averaged
-away. Beside the buckets the last ``recent_points`` raw points are kept exactly, so a chart of
-the last N steps needs no downsampling.
+Each metric keeps at most ``buckets_per_metric`` buckets, evenly spaced in step (bucket ``k``
+covers steps ``[k * width, (k + 1) * width)``); when one more would not fit, ``width`` doubles and
+neighbours merge, so memory is bounded however long the run. Buckets keep min, max and last, not
+a mean, so a spike is never averaged away; the last ``recent_points`` raw points are kept exactly.
 
 NaN and ``None`` both mean "no number": they are counted per bucket (``nans``) and never enter
 min or max; ±inf are values like any other. A step lower than the last one seen means the run
 restarted from an earlier checkpoint: everything logged at that step or later is forgotten, the
-raw points exactly and the buckets whole, except the one bucket straddling the step, which is
-kept (its min, max and count may still include up to ``width - 1`` steps of the abandoned run).
+raw points exactly (fewer than ``recent_points`` may be left until new ones arrive) and the
+buckets whole, except the one straddling the step, which is kept (its min, max and count may
+still include up to ``width - 1`` steps of the abandoned run).
 
 ``MetricHistory.snapshot()`` is the wire format a chart client receives when it attaches, plain
 data that ``json.dumps(..., allow_nan=False)`` accepts::
@@ -21,9 +20,9 @@ data that ``json.dumps(..., allow_nan=False)`` accepts::
                          min, max, last, count, nans], ...],  # oldest first
             "recent": [[step, time, value], ...]}}            # oldest first, raw points
 
-Steps and counts are ints; ``count`` includes the ``nans``. Floats go through `encode_float`
-(NaN -> ``None``, inf -> ``"inf"``, -inf -> ``"-inf"``) and back through `decode_float`; ``min``
-and ``max`` are ``None`` in a bucket holding only NaNs.
+Steps and counts are ints; ``count`` includes the ``nans``. Floats go through `encode_float`,
+the protocol's spelling of non-finite metrics (``"nan"``, ``"inf"``, ``"-inf"``; ``float()`` or
+`decode_float` reads them back); ``min`` and ``max`` are ``None`` in a bucket of only NaNs.
 """
 
 from __future__ import annotations
@@ -43,19 +42,16 @@ _INF = float("inf")
 FIRST_STEP, LAST_STEP, FIRST_TIME, LAST_TIME, MIN, MAX, LAST, COUNT, NANS = range(9)
 _STRIDE = 9
 _FOLD = 256
+_STEP_LIMIT = 2**63
 
 
-def encode_float(x: float) -> float | str | None:
-    """``x`` as strict JSON: NaN -> ``None``, ±inf -> ``"inf"``/``"-inf"``, finite floats as is."""
-    if math.isfinite(x):
-        return x
-    if x != x:
-        return None
-    return "inf" if x > 0 else "-inf"
+def encode_float(x: float) -> float | str:
+    """``x`` as strict JSON the way the protocol sends metrics: ``"nan"``, ``"inf"``, ``"-inf"``."""
+    return x if math.isfinite(x) else "nan" if x != x else "inf" if x > 0 else "-inf"
 
 
 def decode_float(x: float | str | None) -> float:
-    """The float `encode_float` encoded."""
+    """The float `encode_float` encoded; ``None`` (no number) reads as NaN."""
     return _NAN if x is None else float(x)
 
 
@@ -64,9 +60,9 @@ class _Series:
     the recent raw points in arrays trimmed by half when full (amortised O(1) per point).
 
     ``add`` creates no objects, which keeps it cheap (and cheap under tracemalloc): it counts
-    points in ``pending``, an int below `_FOLD` that CPython never allocates, folded into ``n``
-    (with the trimming) every `_FOLD` points. The open bucket's count is stored minus the points
-    counted when it opened; `_settled` adds them back.
+    points in ``pending``, an int below `_FOLD` that CPython never allocates, and every `_FOLD`
+    points moves them into ``n`` and trims the raw points. The open bucket's count is stored
+    minus the points counted when it opened; `_settled` adds them back.
     """
 
     __slots__ = ("capacity", "limit", "width", "end", "step", "n", "pending", "open", "closed",
@@ -98,22 +94,15 @@ class _Series:
         self.values.append(value)
         self.pending += 1
         if self.pending == _FOLD:
-            self._fold()
-
-    def _fold(self) -> None:
-        """Move ``pending`` into ``n`` and keep the last ``limit`` raw points once twice that many."""
-        self.n, self.pending = self.n + self.pending, 0
-        if len(self.steps) > 2 * self.limit:
-            cut = len(self.steps) - self.limit
-            del self.steps[:cut], self.times[:cut], self.values[:cut]
+            self.n, self.pending = self.n + _FOLD, 0
+            if len(self.steps) > 2 * self.limit:
+                cut = len(self.steps) - self.limit
+                del self.steps[:cut], self.times[:cut], self.values[:cut]
 
     def _settled(self) -> list[float]:
         """The open bucket with its true count (none before the first point)."""
-        if not self.open:
-            return []
-        b = self.open.copy()
-        b[COUNT] += self.n + self.pending
-        return b
+        b = self.open
+        return b and b[:COUNT] + [b[COUNT] + self.n + self.pending, b[NANS]]
 
     def _advance(self, step: int, time: float) -> None:
         """Close the open bucket and open the one ``step`` falls in, merging first if full."""
@@ -130,8 +119,7 @@ class _Series:
         self.open[COUNT] -= self.n + self.pending
 
     def _merge(self) -> None:
-        """Double the width and merge the buckets that now share a key: min and max across
-        them, first of the earliest, last of the latest."""
+        """Double the width; buckets now sharing a key merge (min/max across, later last)."""
         self.width *= 2
         rows = zip(*(self.closed[field::_STRIDE] for field in range(_STRIDE)))
         merged = [next(rows)]
@@ -148,10 +136,7 @@ class _Series:
     def _rewind(self, step: int) -> None:
         """Forget what was logged at ``step`` or later: the run restarted from a checkpoint."""
         self.closed.extend(self._settled())
-        end = len(self.closed)
-        while end and self.closed[end - _STRIDE + FIRST_STEP] >= step:
-            end -= _STRIDE
-        del self.closed[end:]
+        del self.closed[bisect.bisect_left(self.closed[FIRST_STEP::_STRIDE], step) * _STRIDE:]
         self.open, self.end = [], -1
         cut = bisect.bisect_left(self.steps, step)
         del self.steps[cut:], self.times[cut:], self.values[cut:]
@@ -187,24 +172,21 @@ def _encode_bucket(row: list[float]) -> list[Any]:
 
 
 class MetricHistory:
-    """Every metric's bounded history: at most ``buckets_per_metric`` min/max/last buckets plus
-    the last ``recent_points`` raw points, for at most ``max_metrics`` names.
-
-    Points of further names are ignored and counted: ``dropped_points`` exactly,
-    ``dropped_metrics`` as distinct names (exact up to ``max_metrics`` of them, a lower bound
-    after that, so that refusing names stays bounded too).
+    """Every metric's bounded history: at most ``buckets_per_metric`` buckets and the last
+    ``recent_points`` raw points each, for at most ``max_metrics`` names. Points of further names,
+    or with a step outside ``[0, 2**63)``, are dropped and counted in ``dropped_points``;
+    ``dropped_metrics`` counts the names refused (a lower bound past ``max_metrics`` of them, so
+    that refusing names stays bounded too).
     """
 
     def __init__(self, buckets_per_metric: int = 1024, recent_points: int = 512,
                  max_metrics: int = 1000) -> None:
-        if buckets_per_metric < 2:
-            raise ConfigError(f"buckets_per_metric={buckets_per_metric} must be at least 2")
-        if recent_points < 0 or max_metrics < 0:
-            raise ConfigError(f"recent_points={recent_points} and max_metrics={max_metrics} "
-                              "must not be negative")
+        if buckets_per_metric < 2 or recent_points < 0 or max_metrics < 0:
+            raise ConfigError(f"buckets_per_metric={buckets_per_metric} must be at least 2, "
+                              f"recent_points={recent_points} and max_metrics={max_metrics} "
+                              "at least 0")
         self.buckets_per_metric, self.recent_points = buckets_per_metric, recent_points
-        self.max_metrics = max_metrics
-        self.dropped_points = 0
+        self.max_metrics, self.dropped_points = max_metrics, 0
         self._refused: set[str] = set()
         self._series: dict[str, _Series] = {}
 
@@ -214,16 +196,22 @@ class MetricHistory:
         return len(self._refused)
 
     def add(self, name: str, step: int, time: float, value: float | None) -> None:
-        """Record one point; ``step`` is a non-negative int, ``value`` may be NaN, ±inf or None."""
+        """Record one point: ``step`` a non-negative int, ``value`` a float (NaN, ±inf) or None.
+        Types are trusted (the protocol checks them); a name is listed once a point is recorded."""
+        value = _NAN if value is None else value
         series = self._series.get(name)
-        if series is None:
-            if len(self._series) >= self.max_metrics:
-                self.dropped_points += 1
-                if len(self._refused) < self.max_metrics:
-                    self._refused.add(name)
-                return
-            series = self._series[name] = _Series(self.buckets_per_metric, self.recent_points)
-        series.add(step, time, _NAN if value is None else value)
+        if not 0 <= step < _STEP_LIMIT:
+            self.dropped_points += 1
+        elif series is not None:
+            series.add(step, time, value)
+        elif len(self._series) < self.max_metrics:
+            series = _Series(self.buckets_per_metric, self.recent_points)
+            series.add(step, time, value)
+            self._series[name] = series
+        else:
+            self.dropped_points += 1
+            if len(self._refused) < self.max_metrics:
+                self._refused.add(name)
 
     def names(self) -> list[str]:
         """The metric names held, in the order they were first logged."""
@@ -234,8 +222,7 @@ class MetricHistory:
         series = self._series.get(name)
         if series is None:
             return None
-        b = series.open
-        return int(b[LAST_STEP]), b[LAST_TIME], b[LAST]
+        return int(series.open[LAST_STEP]), series.open[LAST_TIME], series.open[LAST]
 
     def summary(self) -> dict[str, dict[str, Any]]:
         """Per metric ``{"step", "last", "min", "max", "count", "nans"}`` over the whole history,

@@ -275,6 +275,10 @@ class Supervisor:
             self._event("command", action="kill", args={"grace_s": grace}, client=conn.name, ok=True)
             conn.send({"type": "reply", "id": message["id"], "ok": True})
             return
+        if self._rank0 is None and self.ranks and 0 not in self.ranks:
+            conn.send({"type": "reply", "id": message["id"], "ok": False,
+                       "error": "rank 0 runs on another node: send commands to the supervisor of node 0"})
+            return
         if self._rank0 is None:
             self._queued.append((conn, message))
             return
