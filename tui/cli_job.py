@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tui.errors import CLIError
-from engine.runs import RunNotFound, read_run_file, resolve_run, update_run_file, write_run_file
+from engine.runs import RunNotFound, read_run_file, resolve_run, supervisor_alive, update_run_file, write_run_file
 
 __all__ = ["add_job_commands", "cmd_run"]
 
@@ -97,11 +97,21 @@ def cmd_resume(args: argparse.Namespace) -> int:
     valid = next((p for p in checkpoints if verify(p)[0]), None)
     if valid is None:
         raise CLIError(f"run {run.name!r} has no valid checkpoint in {run.run_dir / 'checkpoints'} to resume from")
+    _wait_for_exit(record.get("supervisor_pid"), run.name)
     attempt = int(record.get("attempt") or 1) + 1
     update_run_file(run.run_dir, attempt=attempt, state="starting", exit_status=None, failure=None)
     append_event(run.run_dir, "resume_requested", source="cli", attempt=attempt, checkpoint=str(valid))
     print(f"traindeck: resuming {run.name} (attempt {attempt}) from {valid}", file=sys.stderr)
     return _launch(run.run_dir, args.detach)
+
+
+def _wait_for_exit(pid: Any, name: str, timeout: float = 15.0) -> None:
+    """Let the previous attempt's supervisor finish its linger: both would serve the same socket."""
+    deadline = time.monotonic() + timeout
+    while supervisor_alive(pid):
+        if time.monotonic() > deadline:
+            raise CLIError(f"the supervisor of run {name!r} (pid {pid}) is still shutting down; try again shortly")
+        time.sleep(0.05)
 
 
 def _launch(run_dir: Path, detach: bool) -> int:
