@@ -14,7 +14,7 @@ from typing import NamedTuple
 import pytest
 
 from engine import ConfigError
-from engine.supervisor._history import MetricHistory, decode_float, encode_float
+from engine.history import MetricHistory, decode_float, encode_float
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -230,5 +230,5 @@ def test_invalid_sizes_are_config_errors():
 
 
 def test_the_module_does_not_import_torch():
-    code = "import sys, engine.supervisor._history; assert 'torch' not in sys.modules"
+    code = "import sys, engine.history; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

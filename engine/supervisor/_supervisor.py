@@ -25,7 +25,7 @@ from engine._failures import failed_ranks
 from engine._rank_channel import SOCKET_ENV
 from engine._run_dir import RESUME_ENV, RUN_DIR_ENV, RUN_NAME_ENV
 from engine.runs import read_run_file, update_run_file
-from engine.supervisor._history import MetricHistory
+from engine.history import MetricHistory
 from engine.supervisor._job import Job, job_command
 from engine.supervisor._paths import pointer_path, socket_path, write_pointer
 from engine.supervisor._rank_entry import LOG_DIR_ENV

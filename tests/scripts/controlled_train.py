@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--fail-at", type=int, default=-1)
     parser.add_argument("--pg-timeout", type=float, default=1800.0)
+    parser.add_argument("--log-every", type=int, default=50)
     args = parser.parse_args()
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(3)
@@ -62,7 +63,7 @@ def main() -> None:
     y = (x[:, 0] > 0).long()
     torch.manual_seed(0)
     trainer = Trainer(max_steps=args.max_steps, seed=11, enable_progress_bar=False, num_sanity_val_steps=0,
-                      accelerator="cpu", process_group_timeout_s=args.pg_timeout,
+                      accelerator="cpu", process_group_timeout_s=args.pg_timeout, log_every_n_steps=args.log_every,
                       callbacks=[Steps(), ModelCheckpoint(every_n_train_steps=10)])
     trainer.fit(Net(args.sleep, args.fail_at), DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True))
 

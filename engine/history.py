@@ -179,8 +179,8 @@ class MetricHistory:
     that refusing names stays bounded too).
     """
 
-    def __init__(self, buckets_per_metric: int = 1024, recent_points: int = 512,
-                 max_metrics: int = 1000) -> None:
+    def __init__(self, buckets_per_metric: int = 512, recent_points: int = 512,
+                 max_metrics: int = 500) -> None:
         if buckets_per_metric < 2 or recent_points < 0 or max_metrics < 0:
             raise ConfigError(f"buckets_per_metric={buckets_per_metric} must be at least 2, "
                               f"recent_points={recent_points} and max_metrics={max_metrics} "
