@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,26 +22,25 @@ DEMO_SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "demo.py"
 
 
 
-def _check_script(script: Path) -> None:
-    if not script.is_file():
-        raise CLIError(f"no such script: {script}")
-    if script.suffix != ".py":
-        raise CLIError(f"{script} is not a Python script (.py)")
-
-
-def _run_script(script: Path, script_args: Sequence[str]) -> int:
-    _check_script(script)
-    try:
-        return subprocess.call([sys.executable, str(script), *script_args])
-    except KeyboardInterrupt:
-        return 130
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Train the built-in demo (a small transformer learning to sort digits)."""
+    """Train the built-in demo (a small transformer learning to sort digits) in the cockpit.
+
+    --devices N, --detach, --text and --name are taken by traindeck; other arguments go to the demo.
+    """
+    from tui.cli_job import cmd_run
+
     if not DEMO_SCRIPT.is_file():
         raise CLIError(f"the demo script is missing ({DEMO_SCRIPT}); run from a source checkout of traindeck")
-    return _run_script(DEMO_SCRIPT, args.demo_args)
+    own = argparse.ArgumentParser(add_help=False)
+    own.add_argument("--devices", type=int, default=1)
+    own.add_argument("--name")
+    own.add_argument("--root-dir", default="runs")
+    own.add_argument("--detach", action="store_true")
+    own.add_argument("--text", action="store_true")
+    mine, demo_args = own.parse_known_args(args.demo_args)
+    run_args = argparse.Namespace(script=str(DEMO_SCRIPT), script_args=demo_args, nnodes=1, node_rank=None,
+                                  rdzv_endpoint=None, rdzv_id=None, max_restarts=0, **vars(mine))
+    return cmd_run(run_args)
 
 
 def _human_bytes(size: int) -> str:
@@ -162,6 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            from tui.cli_job import open_cockpit
+
+            return open_cockpit(None, None)
         parser.print_help()
         return 0
     try:

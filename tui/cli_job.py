@@ -77,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     write_run_file(run_dir, record)
     append_event(run_dir, "created", source="cli", command=record["command"], devices=args.devices,
                  nnodes=args.nnodes)
-    return _launch(run_dir, args.detach)
+    return _launch(run_dir, args.detach, args.text)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -102,7 +102,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     update_run_file(run.run_dir, attempt=attempt, state="starting", exit_status=None, failure=None)
     append_event(run.run_dir, "resume_requested", source="cli", attempt=attempt, checkpoint=str(valid))
     print(f"traindeck: resuming {run.name} (attempt {attempt}) from {valid}", file=sys.stderr)
-    return _launch(run.run_dir, args.detach)
+    return _launch(run.run_dir, args.detach, args.text)
 
 
 def _wait_for_exit(pid: Any, name: str, timeout: float = 15.0) -> None:
@@ -114,7 +114,7 @@ def _wait_for_exit(pid: Any, name: str, timeout: float = 15.0) -> None:
         time.sleep(0.05)
 
 
-def _launch(run_dir: Path, detach: bool) -> int:
+def _launch(run_dir: Path, detach: bool, text: bool = False) -> int:
     """Start the supervisor in its own session, wait for its socket, then follow or return."""
     logs = run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -134,10 +134,35 @@ def _launch(run_dir: Path, detach: bool) -> int:
     name = record.get("name", run_dir.name)
     print(f"traindeck: run {name} started in {run_dir}", file=sys.stderr)
     if detach:
-        print(f"  follow its logs:  traindeck logs {name} -f\n  control it:       traindeck ctl {name} "
-              f"pause|resume|checkpoint|stop|kill|set KEY=VALUE\n  list runs:        traindeck ls", file=sys.stderr)
+        print(f"  watch it:         traindeck attach {name}\n  follow its logs:  traindeck logs {name} -f\n"
+              f"  control it:       traindeck ctl {name} pause|resume|checkpoint|stop|kill|set KEY=VALUE\n"
+              f"  list runs:        traindeck ls", file=sys.stderr)
         return 0
+    if not text and sys.stdin.isatty() and sys.stdout.isatty():
+        return open_cockpit(run_dir, record["socket"])
     return follow(run_dir, record["socket"])
+
+
+def open_cockpit(run_dir: Path | None, socket_path: str | None, root_dir: Path = Path("runs")) -> int:
+    """Run the Textual cockpit on a run (or the run browser); the job is never tied to it."""
+    from tui.app import TraindeckApp
+
+    outcome = TraindeckApp(run_dir, socket_path, root_dir=root_dir).run()
+    if outcome == "detached" and run_dir is not None:
+        print(f"traindeck: detached; the job goes on. Re-attach with: traindeck attach {run_dir.name}",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    """Open the cockpit on a run: live through its supervisor, finished from its files."""
+    run = _lookup(args.run, args.root_dir)
+    return open_cockpit(run.run_dir, run.socket if run.live else None, Path(args.root_dir))
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """Open the run browser: live and finished runs, open one, compare several."""
+    return open_cockpit(None, None, Path(args.root_dir))
 
 
 def follow(run_dir: Path, socket_path: str) -> int:
@@ -270,6 +295,7 @@ def add_job_commands(sub: Any) -> None:
     run.add_argument("--name", help="run name (the run directory is ROOT_DIR/NAME)")
     run.add_argument("--root-dir", default="runs", help="where run directories live (default: runs)")
     run.add_argument("--detach", action="store_true", help="start the job and return at once")
+    run.add_argument("--text", action="store_true", help="follow the logs as text instead of opening the cockpit")
     run.add_argument("script", help="the training script (a .py file)")
     run.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments passed to the script")
     run.set_defaults(func=cmd_run)
@@ -278,7 +304,17 @@ def add_job_commands(sub: Any) -> None:
     resume.add_argument("run", nargs="?", help="run name or unique prefix")
     resume.add_argument("--root-dir", default="runs", help="where run directories live (default: runs)")
     resume.add_argument("--detach", action="store_true", help="start the job and return at once")
+    resume.add_argument("--text", action="store_true", help="follow the logs as text instead of opening the cockpit")
     resume.set_defaults(func=cmd_resume)
+
+    attach = sub.add_parser("attach", help=cmd_attach.__doc__, description=cmd_attach.__doc__)
+    attach.add_argument("run", nargs="?", help="run name or unique prefix (default: the one live run)")
+    attach.add_argument("--root-dir", default="runs", help="where run directories live (default: runs)")
+    attach.set_defaults(func=cmd_attach)
+
+    ui = sub.add_parser("ui", help=cmd_ui.__doc__, description=cmd_ui.__doc__)
+    ui.add_argument("--root-dir", default="runs", help="where run directories live (default: runs)")
+    ui.set_defaults(func=cmd_ui)
 
     ctl = sub.add_parser("ctl", help=cmd_ctl.__doc__, description=cmd_ctl.__doc__
                          + " RUN may be a name, a unique prefix, or omitted when one run is live.",

@@ -1,0 +1,105 @@
+"""The cockpit: a Textual app that attaches to a run's supervisor, draws it, and sends its commands.
+
+It never owns the job: quitting detaches (unless the user chooses stop), a lost terminal
+(SIGHUP) detaches, and a finished run is drawn from its files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from textual.app import App
+from textual.binding import Binding
+
+from engine.client import AsyncClient, ConnectError
+from tui.model import RunModel
+
+__all__ = ["TraindeckApp", "over_ssh"]
+
+
+def over_ssh() -> bool:
+    return bool(os.environ.get("SSH_CONNECTION") or os.environ.get("SSH_TTY"))
+
+
+class TraindeckApp(App[str]):
+    """``run_dir`` (and ``socket`` when live) opens that run; neither opens the run browser.
+
+    The app's return value says how it ended: "detached", "stopped", "finished" or "quit".
+    """
+
+    TITLE = "traindeck"
+    BINDINGS = [Binding("q", "quit_dialog", "Quit"), Binding("question_mark", "help", "Help"),
+                Binding("b", "browser", "Runs")]
+
+    def __init__(self, run_dir: Path | None = None, socket: str | None = None, root_dir: Path = Path("runs"),
+                 client_name: str | None = None) -> None:
+        super().__init__()
+        self.run_dir, self.socket, self.root_dir = run_dir, socket, root_dir
+        self.client_name = client_name or f"tui:{os.environ.get('USER', 'user')}:{os.getpid()}"
+        self.client: AsyncClient | None = None
+        self.slow = over_ssh()
+        self.frame_interval = 1.0 if self.slow else 0.25
+        if self.slow:
+            self.animation_level = "none"
+
+    def on_mount(self) -> None:
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.exit, "detached")
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
+        from tui.screens.browser import BrowserScreen
+        from tui.screens.run import RunScreen
+
+        if self.run_dir is None:
+            self.push_screen(BrowserScreen(self.root_dir))
+        else:
+            self.push_screen(RunScreen(self.run_dir, self.socket))
+
+    async def connect(self, socket: str, model: RunModel) -> AsyncClient:
+        """Attach to a supervisor: hello, subscribe to everything, load the snapshot into ``model``."""
+        client = AsyncClient(socket, name=self.client_name)
+        await client.connect()
+        snapshot = await client.subscribe(["metrics", "telemetry", "logs", "events", "state"])
+        model.load_snapshot(snapshot)
+        return client
+
+    async def send_command(self, client: AsyncClient | None, action: str, **args: Any) -> dict[str, Any]:
+        """Send a command and show its result (applied at step S, or the error) as a notification."""
+        if client is None:
+            self.notify("not attached to a live run", severity="error")
+            return {"ok": False, "error": "not attached"}
+        try:
+            reply = await client.command(action, timeout=60.0, **args)
+        except (ConnectError, TimeoutError) as exc:
+            self.notify(f"{action}: {exc}", severity="error")
+            return {"ok": False, "error": str(exc)}
+        if reply.get("ok"):
+            where = f" at step {reply['step']}" if reply.get("step") is not None else ""
+            detail = reply.get("detail") or {}
+            extra = f": {detail['key']} {detail.get('old')} → {detail.get('new')}" if "key" in detail else (
+                f": {Path(detail['path']).name}" if "path" in detail else "")
+            self.notify(f"{action} applied{where}{extra}")
+        else:
+            self.notify(f"{action} refused: {reply.get('error')}", severity="error")
+        return reply
+
+    def action_help(self) -> None:
+        from tui.screens.dialogs import HelpScreen
+
+        self.push_screen(HelpScreen())
+
+    def action_browser(self) -> None:
+        from tui.screens.browser import BrowserScreen
+
+        self.push_screen(BrowserScreen(self.root_dir))
+
+    def action_quit_dialog(self) -> None:
+        screen = self.screen
+        if hasattr(screen, "action_quit_dialog"):
+            screen.action_quit_dialog()
+        else:
+            self.exit("quit")

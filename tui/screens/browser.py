@@ -1,0 +1,190 @@
+"""The run browser: live and finished runs; open one, or compare the curves of several on one chart."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Label
+
+from engine.history import MetricHistory
+from engine.runs import RunInfo, list_runs
+from tui.model import chart_groups
+from tui.widgets.chart import MetricChart
+
+__all__ = ["BrowserScreen", "CompareScreen", "best_value"]
+
+
+def _age(created: datetime | None) -> str:
+    if created is None:
+        return "–"
+    seconds = (datetime.now(timezone.utc) - created).total_seconds()
+    for limit, unit, name in ((120, 1, "s"), (7200, 60, "min"), (172800, 3600, "h"), (float("inf"), 86400, "days")):
+        if seconds < limit:
+            return f"{seconds / unit:.0f} {name}"
+    return "–"
+
+
+def _metric_lines(run_dir: Path) -> Any:
+    try:
+        with open(run_dir / "metrics.jsonl", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and isinstance(record.get("metrics"), dict):
+                    yield record
+    except OSError:
+        return
+
+
+def best_value(run_dir: Path) -> tuple[str, float] | None:
+    """The best validation loss (or, failing that, the lowest loss) the run logged."""
+    best: dict[str, float] = {}
+    for record in _metric_lines(run_dir):
+        for name, value in record["metrics"].items():
+            if "loss" in name and isinstance(value, (int, float)):
+                best[name] = min(best.get(name, float("inf")), float(value))
+    if not best:
+        return None
+    name = next((n for n in best if n.startswith(("val", "valid"))), min(best))
+    return name, best[name]
+
+
+class BrowserScreen(Screen[None]):
+    """Every run under the root (and live ones elsewhere), newest first."""
+
+    BINDINGS = [Binding("enter", "open", "Open"), Binding("space", "mark", "Mark"),
+                Binding("v", "compare", "Compare marked"), Binding("f5", "reload", "Reload"),
+                Binding("escape", "back", "Back", show=False)]
+    DEFAULT_CSS = "BrowserScreen DataTable { height: 1fr; } BrowserScreen #hint { height: 1; padding: 0 1; }"
+
+    def __init__(self, root_dir: Path) -> None:
+        super().__init__()
+        self.root_dir = Path(root_dir)
+        self.runs: list[RunInfo] = []
+        self.marked: set[str] = set()
+
+    def compose(self) -> ComposeResult:
+        yield Label(f"runs under {self.root_dir}/ — enter: open, space: mark, v: compare marked", id="hint")
+        yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        for key, label in (("mark", " "), ("name", "name"), ("state", "state"), ("step", "step"),
+                           ("best", "best"), ("age", "age")):
+            table.add_column(label, key=key)
+        self.action_reload()
+        self.set_interval(2.0, self.action_reload)
+
+    def action_reload(self) -> None:
+        table = self.query_one(DataTable)
+        self.runs = list_runs(self.root_dir)
+        known = {str(row.value) for row in table.rows}
+        for run in self.runs:
+            key = str(run.run_dir)
+            cells = ("*" if key in self.marked else " ", run.name, run.state.upper() if run.live else run.state,
+                     "–" if run.step is None else str(run.step), None, _age(run.created))
+            if key in known:
+                for column, value in zip(("mark", "name", "state", "step", "age"), cells[:4] + cells[5:]):
+                    table.update_cell(key, column, value)
+            else:
+                table.add_row(*cells[:4], "…", cells[5], key=key)
+                self._fill_best(key)
+
+    @work(thread=True, group="best")
+    def _fill_best(self, key: str) -> None:
+        found = best_value(Path(key))
+        text = f"{found[0]} {found[1]:.4g}" if found else "–"
+        self.app.call_from_thread(self.query_one(DataTable).update_cell, key, "best", text)
+
+    def _selected(self) -> RunInfo | None:
+        table = self.query_one(DataTable)
+        if not self.runs or table.cursor_row is None:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return next((r for r in self.runs if str(r.run_dir) == key), None)
+
+    def action_open(self) -> None:
+        from tui.screens.run import RunScreen
+
+        run = self._selected()
+        if run is not None:
+            self.app.push_screen(RunScreen(run.run_dir, run.socket if run.live else None))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_open()
+
+    def action_mark(self) -> None:
+        run = self._selected()
+        if run is None:
+            return
+        key = str(run.run_dir)
+        self.marked.symmetric_difference_update({key})
+        self.query_one(DataTable).update_cell(key, "mark", "*" if key in self.marked else " ")
+
+    def action_compare(self) -> None:
+        if len(self.marked) < 2:
+            self.notify("mark two or more runs with space first", severity="warning")
+            return
+        self.app.push_screen(CompareScreen([Path(k) for k in sorted(self.marked)]))
+
+    def action_back(self) -> None:
+        if len(self.app.screen_stack) > 2:
+            self.app.pop_screen()
+
+
+class CompareScreen(Screen[None]):
+    """The same metric of several runs on one chart; m / M switch the metric."""
+
+    BINDINGS = [Binding("m", "next_metric", "Metric"), Binding("M", "previous_metric", show=False),
+                Binding("escape", "app.pop_screen", "Back")]
+
+    def __init__(self, run_dirs: list[Path]) -> None:
+        super().__init__()
+        self.run_dirs = run_dirs
+        self.history = MetricHistory(max_metrics=5000)
+        self.metrics: list[str] = []
+        self.index = 0
+
+    def compose(self) -> ComposeResult:
+        yield MetricChart(id="compare")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        seen: dict[str, None] = {}
+        for run_dir in self.run_dirs:
+            for record in _metric_lines(run_dir):
+                for name, value in record["metrics"].items():
+                    try:
+                        number = float(value)
+                    except (TypeError, ValueError):
+                        continue
+                    self.history.add(f"{run_dir.name}: {name}", record["step"], record.get("time", 0.0), number)
+                    seen.setdefault(name, None)
+        self.metrics = [name for group in chart_groups(seen) for name in group[1]]
+        self._draw()
+
+    def _draw(self) -> None:
+        chart = self.query_one(MetricChart)
+        if not self.metrics:
+            chart.show(self.history, [], title="these runs logged no metrics")
+            return
+        metric = self.metrics[self.index % len(self.metrics)]
+        chart.show(self.history, [f"{d.name}: {metric}" for d in self.run_dirs], title=metric)
+
+    def action_next_metric(self) -> None:
+        self.index += 1
+        self._draw()
+
+    def action_previous_metric(self) -> None:
+        self.index -= 1
+        self._draw()
