@@ -23,6 +23,7 @@ data that ``json.dumps(..., allow_nan=False)`` accepts::
 Steps and counts are ints; ``count`` includes the ``nans``. Floats go through `encode_float`,
 the protocol's spelling of non-finite metrics (``"nan"``, ``"inf"``, ``"-inf"``; ``float()`` or
 `decode_float` reads them back); ``min`` and ``max`` are ``None`` in a bucket of only NaNs.
+A client rebuilds a history from it with `MetricHistory.load` and draws charts from `columns`.
 """
 
 from __future__ import annotations
@@ -141,6 +142,53 @@ class _Series:
         cut = bisect.bisect_left(self.steps, step)
         del self.steps[cut:], self.times[cut:], self.values[cut:]
 
+    def load(self, width: int, buckets: list[list[Any]], recent: list[list[Any]]) -> None:
+        """Take the state a snapshot entry describes; counting restarts at the open bucket's count."""
+        self.width = width
+        self.closed = array("d", itertools.chain.from_iterable(map(_decode_bucket, buckets)))
+        while len(self.closed) > self.capacity * _STRIDE:
+            self._merge()
+        self.open = self.closed[-_STRIDE:].tolist()
+        del self.closed[-_STRIDE:]
+        self.n = self.pending = 0
+        self.step = int(self.open[LAST_STEP])
+        self.end = (int(self.open[FIRST_STEP]) // self.width + 1) * self.width
+        points = recent[max(0, len(recent) - self.limit):] if self.limit else []
+        self.steps = array("q", (int(p[0]) for p in points))
+        self.times = array("d", (decode_float(p[1]) for p in points))
+        self.values = array("d", (decode_float(p[2]) for p in points))
+
+    def step_range(self) -> tuple[int, int]:
+        first = self.closed[FIRST_STEP] if self.closed else self.open[FIRST_STEP]
+        return int(first), int(self.open[LAST_STEP])
+
+    def columns(self, first: int, last: int, n: int) -> list[tuple[float, float, float] | None]:
+        """(min, max, last) per column: raw points where they reach, buckets before them."""
+        lo, hi, end = [_INF] * n, [-_INF] * n, [_NAN] * n
+        span = last - first + 1
+        start = max(0, len(self.steps) - self.limit)
+        raw_from = self.steps[start] if start < len(self.steps) else _STEP_LIMIT
+        rows = self.closed.tolist() + self._settled()
+        for i in range(0, len(rows), _STRIDE):
+            row = rows[i:i + _STRIDE]
+            a = max(int(row[FIRST_STEP]), first)
+            b = min(int(row[LAST_STEP]), raw_from - 1, last)
+            if a > b or row[COUNT] <= row[NANS]:
+                continue
+            for c in range((a - first) * n // span, (b - first) * n // span + 1):
+                lo[c], hi[c] = min(lo[c], row[MIN]), max(hi[c], row[MAX])
+                if row[LAST] == row[LAST]:
+                    end[c] = row[LAST]
+        steps, values = self.steps, self.values
+        for i in range(bisect.bisect_left(steps, max(first, raw_from), start),
+                       bisect.bisect_right(steps, last, start)):
+            v = values[i]
+            if v == v:
+                c = (steps[i] - first) * n // span
+                lo[c], hi[c], end[c] = min(lo[c], v), max(hi[c], v), v
+        return [(lo[c], hi[c], end[c] if end[c] == end[c] else hi[c]) if lo[c] <= hi[c] else None
+                for c in range(n)]
+
     def buckets(self) -> list[list[Any]]:
         rows = self.closed.tolist() + self._settled()
         return [_encode_bucket(rows[i:i + _STRIDE]) for i in range(0, len(rows), _STRIDE)]
@@ -169,6 +217,14 @@ def _encode_bucket(row: list[float]) -> list[Any]:
             encode_float(row[FIRST_TIME]), encode_float(row[LAST_TIME]),
             encode_float(row[MIN]) if numbers else None, encode_float(row[MAX]) if numbers else None,
             encode_float(row[LAST]), int(row[COUNT]), int(row[NANS])]
+
+
+def _decode_bucket(row: list[Any]) -> list[float]:
+    """A snapshot bucket back in the internal layout (a bucket of only NaNs has min inf, max -inf)."""
+    return [row[FIRST_STEP], row[LAST_STEP], decode_float(row[FIRST_TIME]),
+            decode_float(row[LAST_TIME]), _INF if row[MIN] is None else decode_float(row[MIN]),
+            -_INF if row[MAX] is None else decode_float(row[MAX]), decode_float(row[LAST]),
+            row[COUNT], row[NANS]]
 
 
 class MetricHistory:
@@ -233,3 +289,38 @@ class MetricHistory:
         """Every metric as ``{"width", "buckets", "recent"}`` (format in the module docstring)."""
         return {name: {"width": s.width, "buckets": s.buckets(), "recent": s.recent()}
                 for name, s in self._series.items()}
+
+    def load(self, snapshot: dict[str, dict[str, Any]]) -> None:
+        """Replace every metric with what ``snapshot()`` sent (the wire format), so that points added
+        afterwards give the sender's result: exactly, unless a later rewind reaches before the recent
+        points the snapshot carried. Buckets beyond this history's capacity are merged to fit."""
+        self._series.clear()
+        for name, data in snapshot.items():
+            if not data["buckets"]:
+                continue
+            if len(self._series) >= self.max_metrics:
+                if len(self._refused) < self.max_metrics:
+                    self._refused.add(name)
+                continue
+            series = _Series(self.buckets_per_metric, self.recent_points)
+            series.load(int(data["width"]), data["buckets"], data["recent"])
+            self._series[name] = series
+
+    def step_range(self, name: str) -> tuple[int, int] | None:
+        """The first and last step ``name`` was logged at, or None if unknown."""
+        series = self._series.get(name)
+        return None if series is None else series.step_range()
+
+    def columns(self, name: str, first_step: int, last_step: int,
+                n: int) -> list[tuple[float, float, float] | None]:
+        """``(min, max, last)`` of ``name`` in each of ``n`` equal step ranges covering
+        ``[first_step, last_step]`` (column of step s: ``(s - first_step) * n // span``), None where
+        no number was logged; for a chart. Exact where the recent raw points reach; before them a
+        bucket counts in every column it overlaps. NaN never counts; a column whose last number is
+        unknown (its bucket ended in NaN) has its max as ``last``. O(buckets + recent + n)."""
+        series = self._series.get(name)
+        if n <= 0:
+            return []
+        if series is None or last_step < first_step:
+            return [None] * n
+        return series.columns(first_step, last_step, n)

@@ -156,7 +156,7 @@ class CompareScreen(Screen[None]):
         self.index = 0
 
     def compose(self) -> ComposeResult:
-        yield MetricChart(id="compare")
+        yield MetricChart(self.history, [], id="compare")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -175,11 +175,9 @@ class CompareScreen(Screen[None]):
 
     def _draw(self) -> None:
         chart = self.query_one(MetricChart)
-        if not self.metrics:
-            chart.show(self.history, [], title="these runs logged no metrics")
-            return
-        metric = self.metrics[self.index % len(self.metrics)]
-        chart.show(self.history, [f"{d.name}: {metric}" for d in self.run_dirs], title=metric)
+        metric = self.metrics[self.index % len(self.metrics)] if self.metrics else None
+        chart.names = tuple(f"{d.name}: {metric}" for d in self.run_dirs) if metric else ()
+        chart.refresh_data()
 
     def action_next_metric(self) -> None:
         self.index += 1

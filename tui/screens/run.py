@@ -76,7 +76,7 @@ class RunScreen(Screen[None]):
         yield RunHeader(id="header")
         with Horizontal(id="body"):
             with Vertical(id="left"):
-                yield MetricChart(id="chart")
+                yield MetricChart(self.model.history, [], id="chart")
                 yield DataTable(id="metrics", cursor_type="row", zebra_stripes=True)
             with Vertical(id="right"):
                 yield SystemPanel(id="system")
@@ -180,13 +180,11 @@ class RunScreen(Screen[None]):
     def _draw_chart(self) -> None:
         groups = self._groups()
         chart = self.query_one("#chart", MetricChart)
-        if not groups:
-            chart.show(self.model.history, [], title="no metrics yet")
-            return
-        title, names = groups[self._metric_index % len(groups)]
+        chart.history = self.model.history
+        chart.names = tuple(groups[self._metric_index % len(groups)][1]) if groups else ()
         chart.window = WINDOWS[self._window]
         chart.smoothing = SMOOTHING[self._smoothing]
-        chart.show(self.model.history, names, title=title)
+        chart.refresh_data()
 
     def _draw_table(self) -> None:
         table = self.query_one("#metrics", DataTable)
