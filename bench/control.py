@@ -12,22 +12,25 @@ and writes them to a file. "plain" is the same script as a plain process (no sup
 no ``$TRAINDECK_SOCKET``). Measured:
 
 1. step time supervised vs plain, K=2 [target ratio <= 1.02], two ways:
-   a. separate runs, alternating supervised/plain, ``--repeats`` rounds, medians;
-   b. interleaved: both jobs started side by side, then run in turns of ``--phase`` seconds
-      (the other one held with SIGSTOP), so drift in a shared machine's load hits both
-      alike; median over turns of each job's time per step. Also for every K of 4.
-2. command latency: ``set temperature=...`` (a tunable the module registers, unused) sent
-   by a client until its reply, which rank 0 sends once every rank agreed on it and
-   applied it; 2 ranks on gloo, ``--commands`` commands 50-200 ms apart, p50/p95, with the
-   job's step time [target p95 <= 150 ms + one step].
-3. metric latency, ``self.log`` -> client: receive time - (T0 + value of ``bench/t``), 1 rank,
-   K=2, from the runs of 1a [target p95 <= 300 ms]; per K from 1b (points logged at least
-   ``--phase``/2 s before their job's turn ended, so a hold does not count as latency).
-4. throughput, from 1b: metric values a second delivered to the client for K values a
-   step, the share of logged values that arrived, and the step-time ratio vs plain.
+   a. separate runs of ``--steps`` steps, alternating supervised/plain, ``--repeats`` rounds;
+   b. interleaved: a supervised and a plain job started side by side, then run in turns of
+      ``--phase`` seconds, the other one held with SIGSTOP, so that drift in a shared
+      machine's speed hits both alike; each job's time per step in each turn (turn length /
+      steps ended in it), median over turns. Also for every K of 4.
+2. command latency: ``set temperature=...`` (a tunable the module registers and never
+   uses) sent by a client until its reply, which rank 0 sends once every rank has agreed
+   on it and applied it; 2 ranks on gloo, ``--commands`` commands 50-200 ms apart, p50/p95,
+   and the job's step time meanwhile [target p95 <= 150 ms + one step].
+3. metric latency, ``self.log`` -> client: receive time - (T0 + value of ``bench/t``), 1 rank;
+   K=2 from the supervised runs of 1a [target p95 <= 300 ms], and for each K of 4 from the
+   supervised job of 1b running alone for ``--solo`` s after the turns (never held again, so
+   a hold never counts as latency).
+4. throughput: K metrics a step (K=2, 10, 50); metric values a second delivered to the
+   client during the solo window, the share of all logged values that arrived, the
+   supervisor's and the client's CPU, and the step-time ratio vs plain from 1b.
 
     python bench/control.py [--steps 3000] [--warmup 300] [--repeats 3] [--commands 50]
-                            [--k 2,10,50] [--phase 1.5] [--phases 8]
+                            [--k 2,10,50] [--phase 1] [--phases 10] [--solo 5]
 
 Internally the same file is the job: ``--worker --out DIR ...``. Every process the bench
 starts and its temp directory are removed at the end, also on Ctrl-C.
@@ -41,6 +44,7 @@ import json
 import math
 import os
 import random
+import shlex
 import shutil
 import signal
 import statistics
@@ -58,7 +62,7 @@ REPO = SCRIPT.parent.parent
 TOPICS = ["metrics", "telemetry", "logs", "events", "state"]
 BATCH = 64
 LINGER_S = "0.5"
-SETTLE_S = 0.1  # after a job resumes, time left out of its turn
+SETTLE_S = 0.1  # left out of the solo window after the job resumes
 
 
 # -- the job (--worker) -------------------------------------------------------------------
@@ -88,17 +92,26 @@ def worker(args: argparse.Namespace) -> None:
             return loss
 
     class Timer(Callback):
-        """Wall-clock end of every step after the warm-up; stops the fit when ``out/stop`` appears."""
+        """Wall-clock end of every step after the warm-up; stops the fit when ``out/stop`` appears; notes
+        when the ``temperature`` tunable changes (seen at the start of the batch after the control point)."""
 
         def __init__(self) -> None:
             self.stamps: list[float] = []
             self.steps = 0
-            self.cpu0 = 0.0
+            self.cpu0 = self.cpu1 = 0.0
+            self.temperature = 1.0
+            self.changes: list[tuple[int, float, float]] = []  # (global step, new value, wall time seen)
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if module.tunables["temperature"] != self.temperature:
+                self.temperature = module.tunables["temperature"]
+                self.changes.append((trainer.global_step, self.temperature, time.time()))
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             self.steps += 1
             if self.steps >= args.warmup:
                 self.stamps.append(time.time())
+                self.cpu1 = time.process_time()
             if self.steps == args.warmup:
                 self.cpu0 = time.process_time()
                 (out / f"ready{trainer.global_rank}").write_text(str(os.getpid()))
@@ -121,9 +134,9 @@ def worker(args: argparse.Namespace) -> None:
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
     record = {"rank": trainer.global_rank, "steps": timer.steps, "warmup": args.warmup,
               "timed_steps": len(gaps), "loop_s": stamps[-1] - stamps[0] if gaps else 0.0,
-              "cpu_s": time.process_time() - timer.cpu0,
+              "cpu_s": timer.cpu1 - timer.cpu0,
               "median_step_s": statistics.median(gaps) if gaps else None, "max_step_s": max(gaps, default=None),
-              "stamps": stamps}
+              "stamps": stamps, "changes": timer.changes}
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
@@ -340,7 +353,8 @@ class Job:
             status = (read_run_file(self.run_dir) or {}).get("exit_status")
         found = [json.loads(p.read_text()) for p in sorted(self.out.glob("rank*.json"))]
         if status != 0 or len(found) != self.devices:
-            raise SystemExit(f"{self.dir.name}: exit {status}, {len(found)} of {self.devices} results\n{self._logs()}")
+            raise SystemExit(f"{self.dir.name}: exit {status}, {len(found)} of {self.devices} results\n"
+                             f"{self._logs()}")
         lead = next(r for r in found if r["rank"] == 0)
         lead["ranks"] = found
         if self.supervised:
@@ -374,45 +388,66 @@ class Bench:
             run["metric_latency"] = [lat for step, _, lat in run["latency"] if step >= first]
         return run
 
-    def interleaved(self, k: int) -> dict[str, Any]:
-        """1b/4: a supervised and a plain job side by side, taking turns of ``--phase`` s (the other held)."""
+    def interleaved(self, k: int, aa: bool = False) -> dict[str, Any]:
+        """1b/4: a supervised and a plain job side by side taking turns (the other held by SIGSTOP), then
+        the supervised one alone for ``--solo`` s, never held again: its metric latency and delivery rate.
+
+        ``aa``: two plain jobs instead (an A/A comparison: the machine's noise floor for the ratio)."""
         import psutil
 
-        sup, plain = Job(self, True, 0, k - 2), Job(self, False, 0, k - 2)
-        pids = {"sup": psutil.Process(sup.wait_ready()), "plain": psutil.Process(plain.wait_ready())}
+        sup, plain = Job(self, not aa, 0, k - 2), Job(self, False, 0, k - 2)
         jobs = {"sup": sup, "plain": plain}
+        pids = {"sup": psutil.Process(sup.wait_ready()), "plain": psutil.Process(plain.wait_ready())}
         turns: dict[str, list[tuple[float, float]]] = {"sup": [], "plain": []}
+        usage: dict[str, list[tuple[float, int]]] = {"sup": [], "plain": []}  # CPU s, involuntary switches
         for proc in pids.values():
             proc.suspend()
         try:
             for round_ in range(self.args.phases):
                 for name in (["sup", "plain"] if round_ % 2 == 0 else ["plain", "sup"]):
+                    proc = pids[name]
+                    before = _usage(proc)
                     begin = time.time()
-                    pids[name].resume()
+                    proc.resume()
                     time.sleep(self.args.phase)
-                    pids[name].suspend()
+                    proc.suspend()
                     turns[name].append((begin, time.time()))
+                    after = _usage(proc)
+                    usage[name].append((after[0] - before[0], after[1] - before[1]))
                     sup.sample()
+            solo = (time.time(), time.time() + (0 if aa else self.args.solo))
+            pids["sup"].resume()
+            while time.time() < solo[1]:
+                sup.sample()
+                time.sleep(0.25)
+            sup.sample()
         finally:
             for name, proc in pids.items():
                 jobs[name].stop()
                 proc.resume()
         runs = {"sup": sup.finish(), "plain": plain.finish()}
-        result: dict[str, Any] = {"k": k, "turns": turns, "runs": runs}
+        result: dict[str, Any] = {"k": k, "aa": aa, "turns": turns, "runs": runs}
         for name, run in runs.items():
-            result[name] = [per for a, b in turns[name] if (per := time_per_step(run["stamps"], a + SETTLE_S, b))]
+            result[name] = [time_per_step(run["stamps"], a, b) for a, b in turns[name]]
+            done = [(b - a) / per if per else 0 for (a, b), per in zip(turns[name], result[name])]
+            result[f"{name}_job_cpu"] = [cpu / n for (cpu, _), n in zip(usage[name], done) if n]
+            result[f"{name}_preempted"] = sum(n for _, n in usage[name]) / sum(b - a for a, b in turns[name])
+            result[name] = [per for per in result[name] if per]
+        if aa:
+            return result
         run = runs["sup"]
-        first = run["warmup"] - 1
-        inside = [first + i for i, t in enumerate(run["stamps"]) if any(a + SETTLE_S <= t <= b for a, b in turns["sup"])]
-        running = sum(b - a - SETTLE_S for a, b in turns["sup"])
-        result["values_per_s"] = sum(run["values_at"].get(s, 0) for s in inside) / running
-        result["delivered"] = sum(n for s, n in run["values_at"].items() if s >= first) / (k * (run["steps"] - first))
+        first = run["warmup"] - 1  # the step logged by the batch that ends at stamps[0]
+        start, end = solo[0] + SETTLE_S, solo[1]
+        i, j = bisect.bisect_left(run["stamps"], start), bisect.bisect_right(run["stamps"], end)
+        stamps = run["stamps"]
+        result["values_per_s"] = (sum(run["values_at"].get(first + n, 0) for n in range(i + 1, j))
+                                  / (stamps[j - 1] - stamps[i]))
+        logged = k * (run["steps"] - first)
+        result["delivered"] = sum(n for s, n in run["values_at"].items() if s >= first) / logged
         result["dropped"] = run["dropped"]
-        cut = self.args.phase / 2
-        result["latency"] = [lat for step, logged, lat in run["latency"]
-                             if any(a + SETTLE_S <= logged <= b - cut for a, b in turns["sup"])]
-        result["sup_cpu"] = sum(cpu_in_window(sup.sup_cpu, a, b) for a, b in turns["sup"]) / running
-        result["client_cpu"] = sum(cpu_in_window(sup.watcher.cpu, a, b) for a, b in turns["sup"]) / running
+        result["latency"] = [lat for _, logged, lat in run["latency"] if start <= logged <= end]
+        result["sup_cpu"] = cpu_in_window(sup.sup_cpu, start, end) / (end - start)
+        result["client_cpu"] = cpu_in_window(sup.watcher.cpu, start, end) / (end - start)
         return result
 
     def commands(self) -> dict[str, Any]:
@@ -421,31 +456,44 @@ class Bench:
 
         job = Job(self, True, 0, 0, devices=2)
         job.wait_ready()
-        latencies, steps = [], []
+        sent: list[tuple[float, float, float, int]] = []  # (value, sent, replied: wall times, step in the reply)
         rng = random.Random(0)
+        value = 1.0
         with Client(job.socket, name="bench-ctl", timeout=10.0) as client:
             for _ in range(self.args.commands):
                 time.sleep(rng.uniform(0.05, 0.2))
                 job.sample()
-                value = round(rng.uniform(0.5, 2.0), 4)
-                sent = time.perf_counter()
+                value = round(value + rng.uniform(0.01, 0.5) * rng.choice((-1, 1)), 4) if value > 0.6 else 1.5
+                began = time.time()
                 reply = client.command("set", timeout=30, key="temperature", value=value)
-                latencies.append(time.perf_counter() - sent)
+                sent.append((value, began, time.time(), reply.get("step")))
                 if reply.get("type") != "reply" or not reply.get("ok"):
                     raise SystemExit(f"set temperature={value} was refused: {reply}")
-                steps.append(reply.get("step"))
             reply = client.command("stop", timeout=60, checkpoint=False)
             if not reply.get("ok"):
                 raise SystemExit(f"stop was refused: {reply}")
         run = job.finish()
-        run["command_latency"] = latencies
+        run["command_latency"] = [replied - began for _, began, replied, _ in sent]
+        # every command changes the value, one at a time: the n-th change on a rank is the n-th command
+        applied, same_step = [], 0
+        for (value, began, _, step), *where in zip(sent, *(r["changes"] for r in run["ranks"])):
+            applied.append(max(t for _, _, t in where) - began)
+            same_step += all(s == step and v == value for s, v, _ in where)
+        run["applied_latency"], run["same_step"] = applied, same_step
         return run
 
 
+def _usage(proc: Any) -> tuple[float, int]:
+    """A process's CPU seconds (all threads) and involuntary context switches (times it was preempted)."""
+    times = proc.cpu_times()
+    return times.user + times.system, proc.num_ctx_switches().involuntary
+
+
 def time_per_step(stamps: list[float], start: float, end: float) -> float | None:
-    """Mean time per step of the steps that began and ended inside [start, end]."""
-    i, j = bisect.bisect_left(stamps, start), bisect.bisect_right(stamps, end)
-    return (stamps[j - 1] - stamps[i]) / (j - 1 - i) if j - i >= 3 else None
+    """The turn's length over the steps that ended in it: all the work done in the turn counts, flushes
+    included (leaving the first moments out would leave out the flush a resumed job does at once)."""
+    done = bisect.bisect_right(stamps, end) - bisect.bisect_left(stamps, start)
+    return (end - start) / done if done >= 3 else None
 
 
 # -- report ------------------------------------------------------------------------------
@@ -501,37 +549,60 @@ def report(args: argparse.Namespace, separate: dict[str, list], ddp: dict[str, A
         print("    (mean: loop time / steps, the throughput; median: of single steps; CPU: the job process, all "
               "threads;\n     sup CPU / client: the supervisor / the client thread, % of one core while timed)")
     if mixed:
-        print(f"\n1b+4. interleaved: supervised and plain side by side, turns of {args.phase:g} s, "
-              f"{args.phases} each, first {SETTLE_S:g} s of a turn left out; medians over turns")
-        print(f"    {'K':>3}{'plain us':>10}{'sup us':>9}{'ratio':>7}{'turn ratios p25..p75':>22}{'values/s':>10}"
-              f"{'got':>8}{'drop':>6}{'sup CPU':>9}{'client':>8}{'lat p50':>9}{'p95':>7}{'max':>7}{'n':>6}")
+        print(f"\n1b. interleaved: supervised and plain side by side in turns of {args.phase:g} s (the other held), "
+              f"{args.phases} turns each, medians over turns")
+        print(f"    {'K':>7}{'plain us':>10}{'sup us':>9}{'ratio':>7}{'turn ratios p25..p75':>22}"
+              f"{'CPU plain us':>14}{'sup us':>8}{'ratio':>7}{'preempted/s plain':>19}{'sup':>6}")
         for m in mixed:
             ratios = [a / b for a, b in zip(m["sup"], m["plain"])]
+            wall = [statistics.median(m[n]) for n in ("plain", "sup")]
+            cpu = [statistics.median(m[f"{n}_job_cpu"]) for n in ("plain", "sup")]
+            label = f"{m['k']} A/A" if m["aa"] else str(m["k"])
+            print(f"    {label:>7}{wall[0] * 1e6:>10.0f}{wall[1] * 1e6:>9.0f}{wall[1] / wall[0]:>7.3f}"
+                  f"{pct(ratios, 0.25):>14.3f}..{pct(ratios, 0.75):.3f}{cpu[0] * 1e6:>14.0f}{cpu[1] * 1e6:>8.0f}"
+                  f"{cpu[1] / cpu[0]:>7.3f}{m['plain_preempted']:>19.0f}{m['sup_preempted']:>6.0f}")
+        print("    (us: wall time per step; turn ratios: sup/plain of adjacent turns; CPU: the job process's CPU"
+              "\n     time per step, all threads; preempted/s: the job's involuntary context switches, i.e. it was"
+              "\n     runnable but another process had the CPU; A/A: two plain jobs, \"sup\" being the second: the"
+              "\n     noise floor)")
+        print(f"\n4.  the supervised job of 1b alone for {args.solo:g} s after its turns (never held again)")
+        print(f"    {'K':>3}{'values/s':>10}{'got':>8}{'dropped':>9}{'sup CPU':>9}{'client':>8}"
+              f"{'latency p50 ms':>16}{'p95':>7}{'max':>7}{'n':>6}")
+        for m in (m for m in mixed if not m["aa"]):
             lat = m["latency"]
-            print(f"    {m['k']:>3}{statistics.median(m['plain']) * 1e6:>10.0f}{statistics.median(m['sup']) * 1e6:>9.0f}"
-                  f"{statistics.median(m['sup']) / statistics.median(m['plain']):>7.3f}"
-                  f"{pct(ratios, 0.25):>14.3f}..{pct(ratios, 0.75):.3f}{m['values_per_s']:>10.0f}"
-                  f"{m['delivered'] * 100:>7.1f}%{m['dropped']:>6d}{m['sup_cpu'] * 100:>8.1f}%"
-                  f"{m['client_cpu'] * 100:>7.1f}%{ms(pct(lat, 0.5)):>9}{ms(pct(lat, 0.95)):>7}"
-                  f"{ms(max(lat, default=float('nan'))):>7}{len(lat):>6d}")
-        print("    (values/s: metric values a second delivered to the client while the supervised job ran; got: "
-              "share of all\n     logged values the client received; lat: self.log -> client in ms, n points)")
+            print(f"    {m['k']:>3}{m['values_per_s']:>10.0f}{m['delivered'] * 100:>7.1f}%{m['dropped']:>9d}"
+                  f"{m['sup_cpu'] * 100:>8.1f}%{m['client_cpu'] * 100:>7.1f}%{ms(pct(lat, 0.5)):>16}"
+                  f"{ms(pct(lat, 0.95)):>7}{ms(max(lat, default=float('nan'))):>7}{len(lat):>6d}")
+        print("    (values/s: metric values a second delivered to the client; got: share of all values logged"
+              "\n     after the warm-up that reached it; dropped: live messages the supervisor dropped for it; sup"
+              "\n     CPU / client: the supervisor / the client thread in % of one core; latency: self.log -> client"
+              "\n     over n points)")
     print("\nsummary")
     if separate["sup"]:
         ratio = statistics.median(map(per_step, separate["sup"])) / statistics.median(map(per_step, separate["plain"]))
         print(f"1.  step time supervised / plain, K=2, separate runs (1a): {ratio:.3f}"
               f"  (target <= 1.02: {verdict(ratio <= 1.02)})")
-    two = next((m for m in mixed if m["k"] == 2), None)
+    two = next((m for m in mixed if m["k"] == 2 and not m["aa"]), None)
     if two is not None:
         ratio = statistics.median(two["sup"]) / statistics.median(two["plain"])
         print(f"    step time supervised / plain, K=2, interleaved (1b):   {ratio:.3f}"
               f"  (target <= 1.02: {verdict(ratio <= 1.02)})")
+    for m in (m for m in mixed if m["aa"]):
+        ratio = statistics.median(m["sup"]) / statistics.median(m["plain"])
+        ratios = [a / b for a, b in zip(m["sup"], m["plain"])]
+        print(f"    noise floor, plain / plain, K={m['k']}, interleaved (A/A):  {ratio:.3f}  (adjacent turns "
+              f"p25..p75 {pct(ratios, 0.25):.3f}..{pct(ratios, 0.75):.3f})")
     if ddp is not None:
         lat = ddp["command_latency"]
         step = statistics.median(per_step(r) for r in ddp["ranks"])
         p95 = pct(lat, 0.95)
-        print(f"2.  command latency, set sent -> reply (applied on both ranks), 2 ranks gloo, {len(lat)} commands: "
-              f"p50 {ms(pct(lat, 0.5))} ms, p95 {ms(p95)} ms, max {ms(max(lat))} ms;\n"
+        seen = ddp["applied_latency"]
+        print(f"2.  command latency, 2 ranks gloo, {len(lat)} `set` commands 50-200 ms apart:\n"
+              f"    sent -> reply (rank 0 replies once both ranks agreed and it applied it): "
+              f"p50 {ms(pct(lat, 0.5))} ms, p95 {ms(p95)} ms, max {ms(max(lat))} ms\n"
+              f"    sent -> seen applied on both ranks (at the start of the next batch): "
+              f"p50 {ms(pct(seen, 0.5))} ms, p95 {ms(pct(seen, 0.95))} ms; "
+              f"{ddp['same_step']} of {len(lat)} applied at the reply's step on both ranks\n"
               f"    job step time meanwhile {ms(step)} ms (slowest step "
               f"{ms(max(r['max_step_s'] for r in ddp['ranks']))} ms): target p95 <= 150 ms + one step = "
               f"{150 + step * 1e3:.1f} ms: {verdict(p95 <= 0.150 + step)}")
@@ -542,14 +613,18 @@ def report(args: argparse.Namespace, separate: dict[str, list], ddp: dict[str, A
         print(f"3.  metric latency, self.log -> client, K=2 (1a, {len(lat)} points): p50 {ms(pct(lat, 0.5))} ms, "
               f"p95 {ms(p95)} ms, max {ms(max(lat, default=0))} ms, {got * 100:.1f}% delivered "
               f"(target p95 <= 300 ms: {verdict(p95 <= 0.300)})")
-    for m in mixed:
+    for m in (m for m in mixed if not m["aa"]):
         print(f"4.  K={m['k']:<3} {m['values_per_s']:>7.0f} values/s delivered, {m['delivered'] * 100:.1f}% of logged, "
               f"step time x{statistics.median(m['sup']) / statistics.median(m['plain']):.3f} vs plain, "
               f"metric latency p95 {ms(pct(m['latency'], 0.95))} ms")
+    watched = separate["sup"] + [m["runs"]["sup"] for m in mixed if not m["aa"]] + ([ddp] if ddp else [])
+    errors = [r["client_error"] for r in watched if r.get("client_error")]
+    if errors:
+        print(f"client errors: {'; '.join(errors)}")
     print(f"\nwhole bench: {time.perf_counter() - began:.0f} s")
     print("reproduce: .venv/bin/python bench/control.py " + " ".join(
-        f"--{k} {getattr(args, k.replace('-', '_'))}" for k in
-        ("steps", "warmup", "repeats", "commands", "k", "phase", "phases")))
+        f"--{k} {shlex.quote(str(getattr(args, k)))}" for k in
+        ("steps", "warmup", "repeats", "commands", "k", "phase", "phases", "solo")) + ("" if args.aa else " --no-aa"))
 
 
 def bench(args: argparse.Namespace) -> None:
@@ -559,8 +634,8 @@ def bench(args: argparse.Namespace) -> None:
     def interrupted(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupted)
-    signal.signal(signal.SIGHUP, interrupted)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupted)
     try:
         b = Bench(args, procs)
         separate: dict[str, list] = {"sup": [], "plain": []}
@@ -574,9 +649,11 @@ def bench(args: argparse.Namespace) -> None:
             ddp = b.commands()
             progress(began, f"2 commands: p95 {ms(pct(ddp['command_latency'], 0.95))} ms")
         mixed = []
-        for k in [int(v) for v in args.k.split(",") if v.strip()]:
-            mixed.append(b.interleaved(k))
-            progress(began, f"1b/4 K={k}: ratio {statistics.median(mixed[-1]['sup']) / statistics.median(mixed[-1]['plain']):.3f}")
+        ks = [(int(v), False) for v in args.k.split(",") if v.strip()]
+        for k, aa in ks + ([(2, True)] if args.aa else []):
+            mixed.append(b.interleaved(k, aa))
+            ratio = statistics.median(mixed[-1]["sup"]) / statistics.median(mixed[-1]["plain"])
+            progress(began, f"1b{' A/A' if aa else '/4'} K={k}: ratio {ratio:.3f}")
         report(args, separate, ddp, mixed, began)
     finally:
         procs.cleanup()
@@ -593,8 +670,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="rounds of (supervised, plain) in 1a (0 skips 1a)")
     parser.add_argument("--commands", type=int, default=50, help="set commands in 2 (0 skips it)")
     parser.add_argument("--k", default="2,10,50", help="metrics per step for 1b/4, comma-separated, each >= 2")
-    parser.add_argument("--phase", type=float, default=1.5, help="seconds per turn in 1b/4")
-    parser.add_argument("--phases", type=int, default=8, help="turns of each job in 1b/4")
+    parser.add_argument("--phase", type=float, default=1.0, help="seconds per turn in 1b")
+    parser.add_argument("--phases", type=int, default=10, help="turns of each job in 1b")
+    parser.add_argument("--solo", type=float, default=5.0, help="seconds the supervised job runs alone in 3/4")
+    parser.add_argument("--no-aa", dest="aa", action="store_false",
+                        help="skip the A/A run of 1b (plain vs plain, K=2: the machine's noise floor)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
@@ -610,7 +690,10 @@ def main() -> None:
         parser.error("--k: every K counts train/loss and bench/t, so each must be at least 2")
     if args.repeats and args.warmup + 10 >= args.steps:
         parser.error("--warmup must be well below --steps")
-    bench(args)
+    try:
+        bench(args)
+    except KeyboardInterrupt:
+        sys.exit("interrupted: every process the bench started has been ended and its temp dir removed")
 
 
 if __name__ == "__main__":

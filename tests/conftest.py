@@ -7,6 +7,9 @@ classifier on a seeded synthetic TensorDataset.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import logging
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -157,3 +160,14 @@ def metric_steps(records: list[dict[str, Any]], name: str) -> list[tuple[int, fl
 def params_of(module: torch.nn.Module) -> list[torch.Tensor]:
     """Detached copies of the module's parameters."""
     return [p.detach().clone() for p in module.parameters()]
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """A private socket directory (short path: unix sockets allow ~108 bytes) and a short linger."""
+    sockets = tempfile.mkdtemp(prefix="td-")
+    monkeypatch.setenv("TRAINDECK_SOCKET_DIR", sockets)
+    monkeypatch.setenv("TRAINDECK_LINGER_S", "0.3")
+    monkeypatch.chdir(tmp_path)
+    yield dict(os.environ)
+    shutil.rmtree(sockets, ignore_errors=True)

@@ -9,19 +9,16 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import psutil
-import pytest
 
 from engine import protocol
 from engine.client import Client
@@ -29,17 +26,6 @@ from engine.runs import read_run_file
 
 SCRIPT = Path(__file__).parent / "scripts" / "controlled_train.py"
 TERMINAL = ("finished", "failed", "stopped", "killed")
-
-
-@pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """A private socket directory (short path: unix sockets allow ~108 bytes) and a short linger."""
-    sockets = tempfile.mkdtemp(prefix="td-")
-    monkeypatch.setenv("TRAINDECK_SOCKET_DIR", sockets)
-    monkeypatch.setenv("TRAINDECK_LINGER_S", "0.3")
-    monkeypatch.chdir(tmp_path)
-    yield dict(os.environ)
-    shutil.rmtree(sockets, ignore_errors=True)
 
 
 def traindeck(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -83,7 +83,7 @@ class RunScreen(Screen[None]):
                 yield RankTable(id="ranks")
         with TabbedContent(id="bottom"):
             with TabPane("Logs", id="logs-tab"):
-                yield LogsPane(self.run_dir, id="logs")
+                yield LogsPane(self.run_dir / "logs", id="logs")
             with TabPane("Events", id="events-tab"):
                 yield EventsList(id="events")
             with TabPane("System", id="system-tab"):
@@ -165,10 +165,7 @@ class RunScreen(Screen[None]):
                 panel.update_sample(model.telemetry, model.state)
             self.query_one("#ranks", RankTable).update_sample(model.telemetry, model.state)
         if "logs" in dirty:
-            logs = self.query_one("#logs", LogsPane)
-            for rank in model.ranks():
-                logs.add_rank(rank)
-            logs.poll()
+            self.query_one("#logs", LogsPane).poll()
         if "events" in dirty:
             events = list(model.events)
             self.query_one("#events", EventsList).add_events(events[self._events_shown:])
@@ -263,18 +260,22 @@ class RunScreen(Screen[None]):
             if pattern:
                 self._search = pattern
                 self.query_one(TabbedContent).active = "logs-tab"
-                if not self.query_one("#logs", LogsPane).search(pattern):
+                if not self._log_search(pattern, forward=True):
                     self.notify(f"not found: {pattern}", severity="warning")
 
         self.app.push_screen(SearchDialog(), chosen)
 
+    def _log_search(self, pattern: str, forward: bool) -> bool:
+        view = self.query_one("#logs", LogsPane).active_view
+        return view is not None and view.search(pattern, forward=forward)
+
     def action_search_next(self) -> None:
         if self._search:
-            self.query_one("#logs", LogsPane).search(self._search, forward=True)
+            self._log_search(self._search, forward=True)
 
     def action_search_previous(self) -> None:
         if self._search:
-            self.query_one("#logs", LogsPane).search(self._search, forward=False)
+            self._log_search(self._search, forward=False)
 
     def action_next_metric(self) -> None:
         self._metric_index += 1
