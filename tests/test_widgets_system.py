@@ -159,11 +159,17 @@ def test_a_rank_much_slower_than_the_others_is_marked_slow() -> None:
     asyncio.run(run())
 
 
-def test_a_rank_several_steps_behind_is_marked_behind() -> None:
+def test_a_rank_seconds_of_steps_behind_is_marked_behind() -> None:
     lagging = sample()
-    lagging["ranks"][1].update(step=1190, step_time=0.101)
+    lagging["ranks"][1].update(step=1170, step_time=0.101)
     text = shown(lagging, state=None)
     assert "◀ behind" in row(text, "1 ")
+
+
+def test_a_lag_of_one_progress_report_is_not_marked() -> None:
+    skewed = sample()
+    skewed["ranks"][1].update(step=1190, step_time=0.101)
+    assert "◀" not in shown(skewed, state=None)
 
 
 def test_ranks_within_the_tolerance_are_not_marked() -> None:

@@ -40,8 +40,8 @@ class RunScreen(Screen[None]):
     DEFAULT_CSS = """
     RunScreen { layout: vertical; }
     #body { height: 1fr; }
-    #left { width: 2fr; }
-    #right { width: 1fr; min-width: 34; }
+    #left { width: 1fr; }
+    #right { width: 50; }
     #chart { height: 1fr; min-height: 6; }
     #metrics { height: auto; max-height: 8; }
     #bottom { height: 45%; min-height: 7; }
@@ -143,8 +143,8 @@ class RunScreen(Screen[None]):
         from tui.widgets.events import describe_event
 
         kind = event.get("event")
-        if kind in ("command", "checkpoint", "checkpoint_failed", "restarted", "preempted", "failed", "finished",
-                    "stopped", "killed"):
+        if kind in ("command", "checkpoint_failed", "restarted", "preempted", "failed", "finished", "stopped",
+                    "killed"):
             bad = kind in ("failed", "killed", "checkpoint_failed")
             self.notify(describe_event(event), severity="error" if bad else "information",
                         timeout=10 if bad else 4)

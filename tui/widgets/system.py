@@ -21,9 +21,10 @@ from textual.widget import Widget
 __all__ = ["RankTable", "SystemPanel", "bar", "find_stragglers", "human_bytes"]
 
 DASH = "–"
-SLOW_RATIO = 1.25
-SLOW_MARGIN_S = 0.005
+SLOW_RATIO = 1.5
+SLOW_MARGIN_S = 0.010
 STEP_LAG = 3
+LAG_S = 2.0  # progress reports arrive 0.25 s apart: "behind" means seconds of steps, not a sampling skew
 _EIGHTHS = " ▏▎▍▌▋▊▉"
 
 
@@ -195,7 +196,7 @@ def _short_name(name: str | None, width: int) -> str:
 
 
 def find_stragglers(ranks: Mapping[int, Mapping[str, Any]]) -> dict[int, str]:
-    """Ranks far slower (step_time > 1.25× and > 5 ms over the others' median) or > 3 steps behind it.
+    """Ranks far slower (step_time > 1.5× and > 10 ms over the others' median) or > 2 s of steps behind them.
 
     Compares each live rank to the median of the *other* live ranks, so two ranks are enough.
     Returns ``{rank: "slow" | "behind"}``.
@@ -211,7 +212,8 @@ def find_stragglers(ranks: Mapping[int, Mapping[str, Any]]) -> dict[int, str]:
             if step_time > SLOW_RATIO * typical and step_time > typical + SLOW_MARGIN_S:
                 marks[rank] = "slow"
                 continue
-        if step is not None and steps and median(steps) - step > STEP_LAG:
+        lag = median(steps) - step if step is not None and steps else 0
+        if lag > STEP_LAG and lag * (median(times) if times else step_time or 0.0) > LAG_S:
             marks[rank] = "behind"
     return marks
 
@@ -259,6 +261,7 @@ class RankTable(Widget):
             columns[1:1] = ["host", "device"]
         elif width < 60:
             columns.remove("pid")
+            columns.remove("state")
         table = Table(box=None, padding=(0, 1), show_edge=False, header_style=self._style("header"))
         for column in columns:
             table.add_column(column, no_wrap=True, justify="left" if column in ("host", "device", "state", "")
