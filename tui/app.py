@@ -6,9 +6,9 @@ It never owns the job: quitting detaches (unless the user chooses stop), a lost 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,12 @@ from engine.client import AsyncClient, ConnectError
 from tui.model import RunModel
 
 __all__ = ["TraindeckApp", "over_ssh"]
+
+
+def _hang_up(signum: int, frame: Any) -> None:
+    """The terminal is gone (SSH dropped): leave at once. The job belongs to the supervisor and goes on;
+    restoring a terminal that no longer exists can only block."""
+    os._exit(0)
 
 
 def over_ssh() -> bool:
@@ -47,10 +53,8 @@ class TraindeckApp(App[str]):
             self.animation_level = "none"
 
     def on_mount(self) -> None:
-        try:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.exit, "detached")
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGHUP, _hang_up)
         from tui.screens.browser import BrowserScreen
         from tui.screens.run import RunScreen
 
