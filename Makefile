@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench screenshots venv clean
 
 venv: $(VENV)/.installed
 
@@ -28,6 +28,13 @@ bench: venv
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) bench/overhead.py
 	$(PY) bench/checkpoint.py
+	$(PY) bench/ddp_overhead.py
+	$(PY) bench/control.py
+	$(PY) bench/telemetry.py
+
+screenshots: venv
+	$(PY) -m pip install -q -e ".[screenshots]"
+	$(PY) screenshots/make_screenshots.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

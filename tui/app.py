@@ -12,8 +12,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from textual.app import App
+from functools import partial
+from typing import Iterable
+
+from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.screen import Screen
 
 from engine.client import AsyncClient, ConnectError
 from tui.model import RunModel
@@ -90,6 +94,15 @@ class TraindeckApp(App[str]):
         else:
             self.notify(f"{action} refused: {reply.get('error')}", severity="error")
         return reply
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        """The palette lists every action of the current screen (with its key) besides Textual's own."""
+        yield from super().get_system_commands(screen)
+        for binding in [*screen.BINDINGS, *self.BINDINGS]:
+            if isinstance(binding, Binding) and binding.description:
+                target = screen if binding in screen.BINDINGS else self
+                yield SystemCommand(binding.description, f"key: {binding.key}",
+                                    partial(self.call_later, target.run_action, binding.action))
 
     def action_help(self) -> None:
         from tui.screens.dialogs import HelpScreen

@@ -98,6 +98,14 @@ class RunScreen(Screen[None]):
         if self.socket:
             self._follow()
         self._redraw()
+        failure = self.model.state.get("failure") or {}
+        if failure.get("rank") is not None:
+            self.call_after_refresh(self._show_failure, failure["rank"])
+
+    def _show_failure(self, rank: int) -> None:
+        """A failed rank's traceback, without hunting for it."""
+        self.query_one(TabbedContent).active = "logs-tab"
+        self.query_one("#logs", LogsPane).show_failure(rank)
 
     def on_resize(self, event: Any) -> None:
         self._adapt(event.size.width)
@@ -149,8 +157,7 @@ class RunScreen(Screen[None]):
             self.notify(describe_event(event), severity="error" if bad else "information",
                         timeout=10 if bad else 4)
         if kind == "failed" and (event.get("failure") or {}).get("rank") is not None:
-            self.query_one(TabbedContent).active = "logs-tab"
-            self.query_one("#logs", LogsPane).show_failure(event["failure"]["rank"])
+            self._show_failure(event["failure"]["rank"])
 
     def _redraw(self) -> None:
         dirty, self._dirty = self._dirty, set()

@@ -1,0 +1,52 @@
+"""Snapshots of the cockpit's main screens at 80×24 and 120×40, from a run directory built by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from tui.app import TraindeckApp
+
+SIZES = [(80, 24), (120, 40)]
+
+
+def failed_run(root: Path) -> Path:
+    """A finished-and-failed 2-rank run: metrics, events, logs with a traceback; nothing time-dependent."""
+    run_dir = root / "snap-run"
+    (run_dir / "logs").mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps({
+        "name": "snap-run", "state": "failed", "step": 400, "epoch": 6, "attempt": 1, "devices": 2, "nnodes": 1,
+        "exit_status": 1, "failure": {"rank": 1, "exit_status": 1, "message": "RuntimeError: CUDA error"},
+        "command": ["train.py"], "created": "2026-01-01T00:00:00Z", "updated": "2026-01-01T00:10:00Z"}))
+    with open(run_dir / "metrics.jsonl", "w") as f:
+        for step in range(0, 401, 4):
+            values = {"train/loss": 2.0 * math.exp(-step / 120) + 0.1 + (0.8 if step == 200 else 0.0)}
+            if step % 80 == 0:
+                values["val/loss"] = 2.1 * math.exp(-step / 130) + 0.15
+            f.write(json.dumps({"step": step, "time": 1.0e9 + step, "metrics": values}) + "\n")
+    events = [{"time": 1.0e9, "event": "rank_up", "rank": r, "pid": 100 + r, "host": "node", "device": "cpu"}
+              for r in (0, 1)]
+    events += [{"time": 1.0e9 + 50, "event": "command", "action": "set", "args": {"key": "lr", "value": 0.01},
+                "client": "cli:me@node", "ok": True, "step": 120, "detail": {"old": 0.1}},
+               {"time": 1.0e9 + 90, "event": "failed", "exit_status": 1,
+                "failure": {"rank": 1, "message": "RuntimeError: CUDA error"}}]
+    (run_dir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    (run_dir / "logs" / "rank0.log").write_text("".join(f"[traindeck] step {s}\n" for s in range(0, 400, 40)))
+    (run_dir / "logs" / "rank1.log").write_text(
+        "[traindeck] step 0\nTraceback (most recent call last):\n  File \"train.py\", line 9, in training_step\n"
+        "    loss = model(x)\nRuntimeError: CUDA error\n")
+    return run_dir
+
+
+@pytest.mark.parametrize("size", SIZES, ids=["80x24", "120x40"])
+def test_run_screen_of_a_failed_run(snap_compare, tmp_path: Path, size: tuple[int, int]) -> None:
+    app = TraindeckApp(failed_run(tmp_path), None)
+    assert snap_compare(app, terminal_size=size, run_before=lambda pilot: pilot.pause(0.5))
+
+
+def test_help_screen_lists_the_keys(snap_compare, tmp_path: Path) -> None:
+    app = TraindeckApp(failed_run(tmp_path), None)
+    assert snap_compare(app, terminal_size=(80, 24), press=["question_mark"])
