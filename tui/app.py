@@ -52,7 +52,8 @@ class TraindeckApp(App[str]):
         self.client_name = client_name or f"tui:{os.environ.get('USER', 'user')}:{os.getpid()}"
         self.client: AsyncClient | None = None
         self.slow = over_ssh()
-        self.frame_interval = 1.0 if self.slow else 0.25
+        self.frame_interval = 1.0 if self.slow else 0.5
+        self.chart_interval = 3.0 if self.slow else 2.0
         if self.slow:
             self.animation_level = "none"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,7 @@ class RunScreen(Screen[None]):
         self._smoothing = 0
         self._events_shown = 0
         self._search: str | None = None
+        self._chart_drawn = 0.0
 
     def compose(self) -> ComposeResult:
         yield RunHeader(id="header")
@@ -92,7 +94,9 @@ class RunScreen(Screen[None]):
 
     def on_mount(self) -> None:
         table = self.query_one("#metrics", DataTable)
-        table.add_columns("metric", "step", "last", "min", "max", "best")
+        table.add_column("metric", key="metric")
+        for column in ("step", "last", "min", "max", "best"):
+            table.add_column(column, key=column)
         self._adapt(self.app.size.width)
         self.set_interval(self.app.frame_interval, self._redraw)
         if self.socket:
@@ -165,9 +169,14 @@ class RunScreen(Screen[None]):
         if "state" in dirty or "metrics" in dirty:
             self.query_one("#header", RunHeader).show(model.name, model.status, model.live, model.progress())
         if "metrics" in dirty:
-            self._draw_chart()
-            self._draw_table()
-        if "telemetry" in dirty or "state" in dirty:
+            now = time.monotonic()
+            if now - self._chart_drawn >= self.app.chart_interval:
+                self._chart_drawn = now
+                self._draw_chart()
+                self._draw_table()
+            else:
+                self._dirty.add("metrics")
+        if "telemetry" in dirty:
             for panel in self.query(SystemPanel):
                 panel.update_sample(model.telemetry, model.state)
             self.query_one("#ranks", RankTable).update_sample(model.telemetry, model.state)
@@ -191,11 +200,17 @@ class RunScreen(Screen[None]):
         chart.refresh_data()
 
     def _draw_table(self) -> None:
+        """Update only the cells that changed (a cleared and refilled table is redrawn whole)."""
         table = self.query_one("#metrics", DataTable)
-        table.clear()
+        columns = ("step", "last", "min", "max", "best")
         for row in self.model.metric_rows():
-            table.add_row(row["name"], _fmt(row["step"]), _fmt(row["last"]), _fmt(row["min"]), _fmt(row["max"]),
-                          _fmt(row["best"]))
+            cells = [_fmt(row[key]) for key in columns]
+            if row["name"] not in table.rows:
+                table.add_row(row["name"], *cells, key=row["name"])
+                continue
+            for column, value in zip(columns, cells):
+                if table.get_cell(row["name"], column) != value:
+                    table.update_cell(row["name"], column, value)
 
     # -- keys ------------------------------------------------------------------------------
 

@@ -93,8 +93,13 @@ class SystemPanel(Widget):
 
     def update_sample(self, sample: Mapping[str, Any] | None, state: Mapping[str, Any] | None = None) -> None:
         """Show a new telemetry sample; ``state`` (the run's state object) tells which rank uses which GPU."""
+        shape = self._shape()
         self.sample, self.state = dict(sample or {}), dict(state or {})
-        self.refresh(layout=True)
+        self.refresh(layout=self._shape() != shape)
+
+    def _shape(self) -> tuple[int, bool]:
+        """What decides the height: a layout pass (costly) only when it changes."""
+        return len(self.sample.get("gpus") or ()), bool(self.sample)
 
     def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
         return max(1, len(self.sample.get("gpus") or ())) + 3 if self.sample else 1
@@ -247,9 +252,10 @@ class RankTable(Widget):
             rows[int(rank)] = {k: v for k, v in dict(info).items() if v is not None}
         for entry in (sample or {}).get("ranks") or ():
             rows.setdefault(int(entry["rank"]), {}).update({k: v for k, v in entry.items() if v is not None})
+        layout = len(rows) != len(self.rows)
         self.rows = dict(sorted(rows.items()))
         self.stragglers = find_stragglers(self.rows)
-        self.refresh(layout=True)
+        self.refresh(layout=layout)
 
     def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
         return 1 + max(1, len(self.rows))
