@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -29,17 +29,16 @@ class MetricPublisher:
         self.collector = collector
         self.on_nonfinite = on_nonfinite
         self.loggers: list[Any] = []
-        self.logged: dict[str, torch.Tensor] = {}
+        self.logged: dict[str, float] = {}
         self.losses: list[tuple[int, torch.Tensor]] = []
         self.next_flush = 0.0
         self.channel: Any = None
 
     def flush(self) -> None:
-        """Check pending losses, then hand every pending step value to the loggers."""
+        """Check pending losses, then hand every pending step value to the supervisor and the loggers."""
         self.next_flush = time.monotonic() + FLUSH_INTERVAL_S
         self.check_losses()
-        for step, values in self.collector.flush():
-            self.send(values, step)
+        self.send_many(self.collector.flush())
 
     def publish_epoch(self, stage: str, epoch: int, step: int) -> dict[str, float]:
         """Reduce ``stage``'s epoch values, send those marked for loggers; returns all of them."""
@@ -50,14 +49,22 @@ class MetricPublisher:
         return values
 
     def send(self, values: dict[str, float], step: int) -> None:
-        if not values:
+        self.send_many([(step, values)])
+
+    def send_many(self, records: Sequence[tuple[int, dict[str, float]]]) -> None:
+        """One message to the supervisor for all ``records`` (it is live first), then each to the loggers."""
+        records = [(step, values) for step, values in records if values]
+        if not records:
             return
-        self.logged.update({k: torch.tensor(v) for k, v in values.items()})
-        for logger in self.loggers:
-            logger.log_metrics(values, step)
         if self.channel is not None:
+            now = time.time()
             self.channel.send({"type": "metrics", "points": [
-                {"step": step, "time": time.time(), "values": {k: encode_float(v) for k, v in values.items()}}]})
+                {"step": step, "time": now, "values": {k: encode_float(v) for k, v in values.items()}}
+                for step, values in records]})
+        for step, values in records:
+            self.logged.update(values)
+            for logger in self.loggers:
+                logger.log_metrics(values, step)
 
     def check_losses(self) -> None:
         if not self.losses:

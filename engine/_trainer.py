@@ -136,7 +136,7 @@ class Trainer:
     @property
     def logged_metrics(self) -> dict[str, torch.Tensor]:
         """The values last sent to the loggers, as CPU tensors."""
-        return self._publisher.logged
+        return {k: torch.tensor(v) for k, v in self._publisher.logged.items()}
 
     @property
     def callback_metrics(self) -> dict[str, torch.Tensor]:

@@ -77,9 +77,11 @@ class TensorBoardLogger(Logger):
         self._hparams = {**(self._hparams or {}), **flatten_hparams(params)}
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        writer = self._get_writer()
-        for name, value in metrics.items():
-            writer.add_scalar(str(name), float(value), int(step))
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        summary = Summary(value=[Summary.Value(tag=str(name), simple_value=float(value))
+                                 for name, value in metrics.items()])
+        self._get_writer()._get_file_writer().add_summary(summary, int(step))  # one event per step, not per value
         self._last_step = int(step) if self._last_step is None else max(self._last_step, int(step))
 
     def log_graph(self, model: Any, example_input: Any) -> None:
