@@ -16,11 +16,15 @@ no ``$TRAINDECK_SOCKET``). Measured:
    b. interleaved: a supervised and a plain job started side by side, then run in turns of
       ``--phase`` seconds, the other one held with SIGSTOP, so that drift in a shared
       machine's speed hits both alike; each job's time per step in each turn (turn length /
-      steps ended in it), median over turns. Also for every K of 4.
+      steps ended in it), median over turns; also the job's CPU per step and how often it was
+      preempted. Also for every K of 4, and once A/A (two plain jobs): the machine's noise
+      floor for this ratio (``--no-aa`` skips it).
 2. command latency: ``set temperature=...`` (a tunable the module registers and never
    uses) sent by a client until its reply, which rank 0 sends once every rank has agreed
    on it and applied it; 2 ranks on gloo, ``--commands`` commands 50-200 ms apart, p50/p95,
-   and the job's step time meanwhile [target p95 <= 150 ms + one step].
+   and the job's step time meanwhile [target p95 <= 150 ms + one step]. Each rank also notes
+   when it sees the new value (start of the next batch): sent -> applied on both, and
+   whether both applied it at the step the reply names.
 3. metric latency, ``self.log`` -> client: receive time - (T0 + value of ``bench/t``), 1 rank;
    K=2 from the supervised runs of 1a [target p95 <= 300 ms], and for each K of 4 from the
    supervised job of 1b running alone for ``--solo`` s after the turns (never held again, so
@@ -30,7 +34,10 @@ no ``$TRAINDECK_SOCKET``). Measured:
    supervisor's and the client's CPU, and the step-time ratio vs plain from 1b.
 
     python bench/control.py [--steps 3000] [--warmup 300] [--repeats 3] [--commands 50]
-                            [--k 2,10,50] [--phase 1] [--phases 10] [--solo 5]
+                            [--k 2,10,50] [--phase 1] [--phases 10] [--solo 5] [--no-aa]
+
+About 4.5 minutes on 2 shared cores. Compare ratios with the A/A row: on a machine shared
+with other jobs, ratios of wall time swing by 10-50% from run to run.
 
 Internally the same file is the job: ``--worker --out DIR ...``. Every process the bench
 starts and its temp directory are removed at the end, also on Ctrl-C.

@@ -38,7 +38,7 @@ def test_demo_in_a_real_terminal_pauses_on_p_and_survives_the_terminal_closing(e
         wait_for(lambda: "train/" in screen() or "loss" in screen(), 60, "a metric on the chart")
         tmux("send-keys", "-t", "demo", "p")
         wait_for(lambda: "PAUSED" in screen(), 20, "the PAUSED badge")
-        assert read_run_file(run_dir)["state"] == "paused"
+        wait_for(lambda: read_run_file(run_dir)["state"] == "paused", 5, "run.json to say paused")
         tmux("send-keys", "-t", "demo", "p")
         wait_for(lambda: "RUNNING" in screen(), 20, "RUNNING again")
         cockpit = [p for p in psutil.process_iter(["cmdline"]) if "demo" in (p.info["cmdline"] or [])

@@ -348,9 +348,11 @@ class Supervisor:
         return [info["pid"] for info in self.ranks.values() if isinstance(info.get("pid"), int)]
 
     def _set_state(self, state: str) -> None:
+        """A new state is on disk (run.json) at once, and sent to clients at the next tick."""
         if state != self.state and self.state not in TERMINAL:
             self.state = state
             self._state_dirty = True
+            self._write_run_file()
 
     def state_dict(self) -> dict[str, Any]:
         lead = self.progress.get(0, {})
