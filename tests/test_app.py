@@ -134,3 +134,23 @@ def test_a_finished_run_opens_from_its_files(env: dict[str, str]) -> None:
         assert screen.model.history.step_range("train/loss") == (0, metric_rows[-1]["step"])
 
     drive(TraindeckApp(Path(run_dir), None), body)
+
+
+def test_r_resumes_a_stopped_run_and_the_cockpit_follows_the_new_attempt(env: dict[str, str]) -> None:
+    run_dir = start("tui-again", "--max-steps", "100000", "--sleep", "0.01")
+    wait_running(run_dir)
+    stopped = ctl("tui-again", "stop")
+    wait_state(run_dir, ("stopped",))
+
+    async def body(pilot: Pilot) -> None:
+        assert screen_of(pilot).model.status == "stopped"
+        await pilot.press("r")
+        await until(pilot, lambda: screen_of(pilot).model.live and screen_of(pilot).model.status == "running",
+                    timeout=60, what="the new attempt, live")
+        await until(pilot, lambda: (screen_of(pilot).model.state.get("step") or 0) > stopped["step"],
+                    what="steps after the stop")
+
+    drive(TraindeckApp(run_dir, None, root_dir=run_dir.parent), body)
+    assert read_run_file(run_dir)["attempt"] == 2
+    ctl("tui-again", "stop", "--no-checkpoint")
+    wait_state(run_dir, TERMINAL)
