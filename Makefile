@@ -31,6 +31,7 @@ bench: venv
 	$(PY) bench/ddp_overhead.py
 	$(PY) bench/control.py
 	$(PY) bench/telemetry.py
+	$(PY) bench/tui.py
 
 screenshots: venv
 	$(PY) -m pip install -q -e ".[screenshots]"

@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 import logging
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -171,3 +174,23 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, s
     monkeypatch.chdir(tmp_path)
     yield dict(os.environ)
     shutil.rmtree(sockets, ignore_errors=True)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """An empty runs/ directory."""
+    path = tmp_path / "runs"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def supervisor_pid() -> Iterator[int]:
+    """A live process whose command line names engine.supervisor, as a real supervisor's does."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "engine.supervisor"])
+    cmdline = Path(f"/proc/{proc.pid}/cmdline")
+    while cmdline.exists() and not cmdline.read_bytes():
+        time.sleep(0.01)
+    yield proc.pid
+    proc.kill()
+    proc.wait()

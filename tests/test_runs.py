@@ -8,10 +8,9 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -36,25 +35,6 @@ def socket_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "sockets"
     monkeypatch.setenv("TRAINDECK_SOCKET_DIR", str(path))
     return path
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    path = tmp_path / "runs"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def supervisor_pid() -> Iterator[int]:
-    """A live process whose command line names engine.supervisor, as a real supervisor's does."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "engine.supervisor"])
-    cmdline = Path(f"/proc/{proc.pid}/cmdline")
-    while cmdline.exists() and not cmdline.read_bytes():
-        time.sleep(0.01)
-    yield proc.pid
-    proc.kill()
-    proc.wait()
 
 
 @pytest.fixture
