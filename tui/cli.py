@@ -53,15 +53,13 @@ def _human_bytes(size: int) -> str:
 
 
 def _human_age(created: str) -> str:
+    from tui.cli_runs import age
+
     try:
         then = datetime.fromisoformat(created.replace("Z", "+00:00"))
     except ValueError:
         return created
-    seconds = (datetime.now(timezone.utc) - then).total_seconds()
-    for limit, unit, name in ((120, 1, "s"), (7200, 60, "min"), (172800, 3600, "h"), (float("inf"), 86400, "days")):
-        if seconds < limit:
-            return f"{created} ({seconds / unit:.0f} {name} ago)" if seconds >= 0 else created
-    raise AssertionError("unreachable")
+    return f"{created} ({age(then)} ago)" if then <= datetime.now(timezone.utc) else created
 
 
 def _human_value(value: Any) -> str:

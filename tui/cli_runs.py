@@ -26,7 +26,8 @@ _BLOCK = 64 * 1024
 _MAX_LINE = 1024 * 1024
 
 
-def _age(created: datetime | None) -> str:
+def age(created: datetime | None) -> str:
+    """How long ago ``created`` was, in the unit that reads best ("45 s", "3 min", "2 h", "3 days")."""
     if created is None:
         return "-"
     seconds = max(0.0, (datetime.now(timezone.utc) - created).total_seconds())
@@ -55,7 +56,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     outside = any(not _is_under(run.run_dir, root) for run in shown)
     rows = [["NAME", "STATE", "STEP", "EPOCH", "AGE"] + (["DIR"] if outside else [])]
     for run in shown:
-        row = [run.name, run.state, _dash(run.step), _dash(run.epoch), _age(run.created)]
+        row = [run.name, run.state, _dash(run.step), _dash(run.epoch), age(run.created)]
         rows.append(row + ([str(run.run_dir) if not _is_under(run.run_dir, root) else ""] if outside else []))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     try:

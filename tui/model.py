@@ -11,12 +11,12 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from engine.history import MetricHistory
 from engine.runs import read_run_file
 
-__all__ = ["RunModel", "chart_groups", "TERMINAL_STATES"]
+__all__ = ["RunModel", "chart_groups", "json_lines", "TERMINAL_STATES"]
 
 TERMINAL_STATES = ("finished", "failed", "stopped", "killed", "lost")
 LOG_LINES_KEPT = 500
@@ -91,12 +91,12 @@ class RunModel:
                        "epoch": record.get("epoch"), "attempt": record.get("attempt"),
                        "exit_status": record.get("exit_status"), "failure": record.get("failure"),
                        "devices": record.get("devices"), "nnodes": record.get("nnodes")}
-        for record_line in _json_lines(model.run_dir / "metrics.jsonl"):
+        for record_line in json_lines(model.run_dir / "metrics.jsonl"):
             step, metrics = record_line.get("step"), record_line.get("metrics")
             if isinstance(step, int) and isinstance(metrics, dict):
                 for name, value in metrics.items():
                     model.history.add(name, step, record_line.get("time", 0.0), _float(value))
-        model.events.extend(_json_lines(model.run_dir / "events.jsonl"))
+        model.events.extend(json_lines(model.run_dir / "events.jsonl"))
         return model
 
     # -- derived views ---------------------------------------------------------------------
@@ -171,8 +171,8 @@ def _float(value: Any) -> float | None:
         return None
 
 
-def _json_lines(path: Path) -> list[dict[str, Any]]:
-    out = []
+def json_lines(path: Path) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a .jsonl file, streamed; torn or foreign lines are skipped, a missing file is empty."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             for line in f:
@@ -181,7 +181,6 @@ def _json_lines(path: Path) -> list[dict[str, Any]]:
                 except ValueError:
                     continue
                 if isinstance(record, dict):
-                    out.append(record)
+                    yield record
     except OSError:
-        pass
-    return out
+        return

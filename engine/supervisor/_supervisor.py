@@ -128,11 +128,13 @@ class Supervisor:
             now = time.monotonic()
             if now >= next_telemetry:
                 next_telemetry = now + TELEMETRY_INTERVAL_S
+                self._discover_logs()
                 self._sample_telemetry()
             if self._kill_at is not None and now >= self._kill_at:
                 self._job.kill()
                 self._kill_at = None
             if status is not None:
+                self._discover_logs()
                 self._follow_files()
                 self._finish(status)
                 return
@@ -196,6 +198,7 @@ class Supervisor:
         rank = conn.hello.get("rank", 0)
         info = {k: conn.hello.get(k) for k in ("pid", "host", "device", "local_rank")}
         self.ranks[rank] = info
+        self._discover_logs()
         self._event("rank_up", rank=rank, **info)
         if rank == 0:
             self._rank0 = conn
@@ -223,10 +226,11 @@ class Supervisor:
                     and isinstance(point.get("values"), dict)):
                 continue
             when = point.get("time") if isinstance(point.get("time"), (int, float)) else time.time()
-            values = {str(k): v for k, v in point["values"].items() if _metric_value(v) is not None}
+            numbers = {str(k): _metric_value(v) for k, v in point["values"].items()}
+            values = {k: point["values"][k] for k, v in numbers.items() if v is not None}
             self._metrics_file.write(json.dumps({"step": point["step"], "time": when, "metrics": values}) + "\n")
-            for name, value in values.items():
-                self.history.add(name, point["step"], when, _metric_value(value))
+            for name in values:
+                self.history.add(name, point["step"], when, numbers[name])
             points.append({"step": point["step"], "time": when, "values": values})
         if points:
             self.server.broadcast("metrics", {"type": "metrics", "points": points})
@@ -313,9 +317,12 @@ class Supervisor:
 
     # -- files, telemetry, state -----------------------------------------------------------
 
-    def _follow_files(self) -> None:
+    def _discover_logs(self) -> None:
+        """Follow rank logs that appeared (at rank hello and once a second, not every tick)."""
         for path in (self.run_dir / "logs").glob("rank*.log"):
             self._tails.setdefault(path, FileTail(path))
+
+    def _follow_files(self) -> None:
         for path, tail in self._tails.items():
             lines = tail.read()
             if not lines:

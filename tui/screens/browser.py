@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from textual import work
 from textual.app import ComposeResult
@@ -15,34 +13,15 @@ from textual.widgets import DataTable, Footer, Label
 
 from engine.history import MetricHistory
 from engine.runs import RunInfo, list_runs
-from tui.model import chart_groups
+from tui.cli_runs import age
+from tui.model import chart_groups, json_lines
 from tui.widgets.chart import MetricChart
 
 __all__ = ["BrowserScreen", "CompareScreen", "best_value"]
 
 
-def _age(created: datetime | None) -> str:
-    if created is None:
-        return "–"
-    seconds = (datetime.now(timezone.utc) - created).total_seconds()
-    for limit, unit, name in ((120, 1, "s"), (7200, 60, "min"), (172800, 3600, "h"), (float("inf"), 86400, "days")):
-        if seconds < limit:
-            return f"{seconds / unit:.0f} {name}"
-    return "–"
-
-
-def _metric_lines(run_dir: Path) -> Any:
-    try:
-        with open(run_dir / "metrics.jsonl", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(record, dict) and isinstance(record.get("metrics"), dict):
-                    yield record
-    except OSError:
-        return
+def _metric_lines(run_dir: Path) -> Iterator[dict[str, Any]]:
+    return (r for r in json_lines(run_dir / "metrics.jsonl") if isinstance(r.get("metrics"), dict))
 
 
 def best_value(run_dir: Path) -> tuple[str, float] | None:
@@ -92,7 +71,7 @@ class BrowserScreen(Screen[None]):
         for run in self.runs:
             key = str(run.run_dir)
             cells = ("*" if key in self.marked else " ", run.name, run.state.upper() if run.live else run.state,
-                     "–" if run.step is None else str(run.step), None, _age(run.created))
+                     "–" if run.step is None else str(run.step), None, age(run.created))
             if key in known:
                 for column, value in zip(("mark", "name", "state", "step", "age"), cells[:4] + cells[5:]):
                     table.update_cell(key, column, value)

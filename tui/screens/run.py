@@ -19,7 +19,7 @@ from engine.client import AsyncClient, ConnectError
 from engine.runs import read_run_file
 from tui.model import RunModel, chart_groups
 from tui.widgets.chart import MetricChart
-from tui.widgets.events import EventsList
+from tui.widgets.events import EventsList, describe_event
 from tui.widgets.header import RunHeader
 from tui.widgets.logs import LogsPane
 from tui.widgets.system import RankTable, SystemPanel
@@ -152,8 +152,6 @@ class RunScreen(Screen[None]):
                 self.client = None
 
     def _toast(self, event: dict[str, Any]) -> None:
-        from tui.widgets.events import describe_event
-
         kind = event.get("event")
         if kind in ("command", "checkpoint_failed", "restarted", "preempted", "failed", "finished", "stopped",
                     "killed"):
