@@ -17,6 +17,7 @@ from engine._errors import (
     MetricError,
     ModuleError,
     NonFiniteLossError,
+    SweepError,
     TraindeckError,
 )
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from engine._datamodule import DataModule
     from engine._module import Module
     from engine._seed import seed_everything
+    from engine._sweep import sweep, trial_params
     from engine._trainer import Trainer
 
 __all__ = [
@@ -34,9 +36,12 @@ __all__ = [
     "Module",
     "ModuleError",
     "NonFiniteLossError",
+    "SweepError",
     "TraindeckError",
     "Trainer",
     "seed_everything",
+    "sweep",
+    "trial_params",
 ]
 
 _LAZY = {
@@ -44,6 +49,8 @@ _LAZY = {
     "Module": "engine._module",
     "Trainer": "engine._trainer",
     "seed_everything": "engine._seed",
+    "sweep": "engine._sweep",
+    "trial_params": "engine._sweep",
 }
 
 

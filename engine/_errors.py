@@ -5,7 +5,8 @@
     ├── ModuleError                 the user's Module broke a contract (bad step output, no optimizer)
     ├── MetricError                 self.log misuse (conflicting reductions, non-scalar values)
     ├── NonFiniteLossError          the loss became NaN/Inf and on_nonfinite_loss="raise"
-    └── CheckpointError             a checkpoint cannot be written or read
+    ├── CheckpointError             a checkpoint cannot be written or read
+    └── SweepError                  a sweep's space, metric or storage is unusable
 
 Every message says what was wrong and what to do next.
 """
@@ -19,6 +20,7 @@ __all__ = [
     "MetricError",
     "NonFiniteLossError",
     "CheckpointError",
+    "SweepError",
 ]
 
 
@@ -48,3 +50,7 @@ class NonFiniteLossError(TraindeckError, FloatingPointError):
 
 class CheckpointError(TraindeckError):
     """A checkpoint could not be written, or a file is not a valid checkpoint."""
+
+
+class SweepError(TraindeckError, ValueError):
+    """A sweep cannot run as asked: a bad search space, a metric never logged, an unreachable storage."""

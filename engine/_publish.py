@@ -45,21 +45,25 @@ class MetricPublisher:
         values, logged = self.collector.end_epoch(stage)
         if logged and stage in ("train", "validate"):
             logged["epoch"] = float(epoch)
-        self.send(logged, step)
+        self.send(logged, step, stage)
         return values
 
-    def send(self, values: dict[str, float], step: int) -> None:
-        self.send_many([(step, values)])
+    def send(self, values: dict[str, float], step: int, stage: str | None = None) -> None:
+        self.send_many([(step, values)], stage)
 
-    def send_many(self, records: Sequence[tuple[int, dict[str, float]]]) -> None:
-        """One message to the supervisor for all ``records`` (it is live first), then each to the loggers."""
+    def send_many(self, records: Sequence[tuple[int, dict[str, float]]], stage: str | None = None) -> None:
+        """One message to the supervisor for all ``records`` (it is live first), then each to the loggers.
+
+        ``stage`` marks epoch-end reductions, so readers of metrics.jsonl know when a validation ended.
+        """
         records = [(step, values) for step, values in records if values]
         if not records:
             return
         if self.channel is not None:
             now = time.time()
+            marked = {"stage": stage} if stage else {}
             self.channel.send({"type": "metrics", "points": [
-                {"step": step, "time": now, "values": {k: encode_float(v) for k, v in values.items()}}
+                {"step": step, "time": now, "values": {k: encode_float(v) for k, v in values.items()}, **marked}
                 for step, values in records]})
         for step, values in records:
             self.logged.update(values)

@@ -17,6 +17,7 @@ __all__ = [
     "ProtocolError",
     "ACTIONS",
     "TOPICS",
+    "STAGES",
     "encode",
     "decode",
     "check",
@@ -29,6 +30,7 @@ MAX_PENDING_MESSAGES = 2000  # live messages queued for one client before the ol
 ROLES = ("client", "rank")
 ACTIONS = ("pause", "resume", "checkpoint", "stop", "kill", "set")
 TOPICS = ("metrics", "telemetry", "logs", "events", "state")
+STAGES = ("train", "validate", "test", "predict")  # a metrics point's optional "stage": an epoch-end reduction
 
 _Number = (int, float)
 # field -> (accepted types, required). Unknown fields are ignored, so either side may add optional ones.

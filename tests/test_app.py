@@ -21,9 +21,10 @@ from tui.screens.run import RunScreen
 from tui.widgets.header import RunHeader
 
 
-def drive(app: TraindeckApp, body: Callable[[Pilot], Awaitable[None]], size: tuple[int, int] = (120, 40)) -> Any:
+def drive(app: TraindeckApp, body: Callable[[Pilot], Awaitable[None]], size: tuple[int, int] = (120, 40),
+          notifications: bool = False) -> Any:
     async def main() -> None:
-        async with app.run_test(size=size) as pilot:
+        async with app.run_test(size=size, notifications=notifications) as pilot:
             await body(pilot)
 
     asyncio.run(main())

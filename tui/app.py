@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from functools import partial
-from typing import Iterable
+from typing import Callable, Iterable
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
@@ -36,7 +37,9 @@ def over_ssh() -> bool:
 
 
 class TraindeckApp(App[str]):
-    """``run_dir`` (and ``socket`` when live) opens that run; neither opens the run browser.
+    """``run_dir`` (and ``socket`` when live) opens that run, ``sweep_dir`` that sweep; none opens the run browser.
+
+    ``clock`` (unix time) dates what the screens show as elapsed; tests pass a fixed one.
 
     The app's return value says how it ended: "detached", "stopped", "finished" or "quit".
     """
@@ -46,9 +49,11 @@ class TraindeckApp(App[str]):
                 Binding("b", "browser", "Runs")]
 
     def __init__(self, run_dir: Path | None = None, socket: str | None = None, root_dir: Path = Path("runs"),
-                 client_name: str | None = None) -> None:
+                 client_name: str | None = None, *, sweep_dir: Path | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         super().__init__()
-        self.run_dir, self.socket, self.root_dir = run_dir, socket, root_dir
+        self.run_dir, self.socket, self.root_dir, self.sweep_dir = run_dir, socket, root_dir, sweep_dir
+        self.clock = clock
         self.client_name = client_name or f"tui:{os.environ.get('USER', 'user')}:{os.getpid()}"
         self.client: AsyncClient | None = None
         self.slow = over_ssh()
@@ -62,8 +67,11 @@ class TraindeckApp(App[str]):
             signal.signal(signal.SIGHUP, _hang_up)
         from tui.screens.browser import BrowserScreen
         from tui.screens.run import RunScreen
+        from tui.screens.sweep import SweepScreen
 
-        if self.run_dir is None:
+        if self.sweep_dir is not None:
+            self.push_screen(SweepScreen(self.sweep_dir))
+        elif self.run_dir is None:
             self.push_screen(BrowserScreen(self.root_dir))
         else:
             self.push_screen(RunScreen(self.run_dir, self.socket))
@@ -76,24 +84,27 @@ class TraindeckApp(App[str]):
         model.load_snapshot(snapshot)
         return client
 
-    async def send_command(self, client: AsyncClient | None, action: str, **args: Any) -> dict[str, Any]:
-        """Send a command and show its result (applied at step S, or the error) as a notification."""
+    async def send_command(self, client: AsyncClient | None, action: str, *, label: str | None = None,
+                           **args: Any) -> dict[str, Any]:
+        """Send a command and show its result (applied at step S, or the error) as a notification
+        that names it ``label`` (default: the action)."""
+        label = label or action
         if client is None:
             self.notify("not attached to a live run", severity="error")
             return {"ok": False, "error": "not attached"}
         try:
             reply = await client.command(action, timeout=60.0, **args)
         except (ConnectError, TimeoutError) as exc:
-            self.notify(f"{action}: {exc}", severity="error")
+            self.notify(f"{label}: {exc}", severity="error")
             return {"ok": False, "error": str(exc)}
         if reply.get("ok"):
             where = f" at step {reply['step']}" if reply.get("step") is not None else ""
             detail = reply.get("detail") or {}
             extra = f": {detail['key']} {detail.get('old')} → {detail.get('new')}" if "key" in detail else (
                 f": {Path(detail['path']).name}" if "path" in detail else "")
-            self.notify(f"{action} applied{where}{extra}")
+            self.notify(f"{label} applied{where}{extra}")
         else:
-            self.notify(f"{action} refused: {reply.get('error')}", severity="error")
+            self.notify(f"{label} refused: {reply.get('error')}", severity="error")
         return reply
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
@@ -108,7 +119,7 @@ class TraindeckApp(App[str]):
     def action_help(self) -> None:
         from tui.screens.dialogs import HelpScreen
 
-        self.push_screen(HelpScreen())
+        self.push_screen(HelpScreen(self.screen.HELP))
 
     def action_browser(self) -> None:
         from tui.screens.browser import BrowserScreen

@@ -128,6 +128,7 @@ def cmd_ckpt_inspect(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from tui.cli_job import add_job_commands
     from tui.cli_runs import add_run_commands
+    from tui.cli_sweep import add_sweep_commands
 
     parser = argparse.ArgumentParser(
         prog="traindeck",
@@ -136,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_job_commands(sub)
     add_run_commands(sub)
+    add_sweep_commands(sub)
     demo = sub.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)
     demo.add_argument("demo_args", nargs=argparse.REMAINDER, help="arguments for examples/demo.py (see --help)")
     demo.set_defaults(func=cmd_demo)

@@ -11,24 +11,17 @@ import argparse
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from tui.errors import CLIError
-from engine.runs import RunNotFound, read_run_file, resolve_run, supervisor_alive, update_run_file, write_run_file
+from engine.runs import RunNotFound, read_run_file, resolve_run, supervisor_alive, update_run_file
 
 __all__ = ["add_job_commands", "cmd_run"]
 
 ACTIONS = ("pause", "resume", "checkpoint", "stop", "kill", "set")
-SUPERVISOR_START_S = 15.0
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _torchrun_args(args: argparse.Namespace) -> list[str]:
@@ -54,8 +47,8 @@ def _check_script(script: Path) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Start a training script under a supervisor (a torchrun group with --devices/--nnodes) and follow it."""
-    from engine._events import append_event
     from engine._run_dir import choose_run_dir
+    from engine.supervisor.launch import create_run
 
     script = Path(args.script)
     _check_script(script)
@@ -69,14 +62,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CLIError(f"a run named {args.name!r} already exists in {args.root_dir}; continue it with "
                      f"`traindeck resume {args.name}` or choose another --name")
     run_dir = choose_run_dir(args.root_dir, args.name).resolve()
-    record = {"name": run_dir.name, "run_dir": str(run_dir), "created": _now(), "host": socket.gethostname(),
-              "command": [str(script), *args.script_args], "cwd": os.getcwd(), "devices": args.devices,
-              "nnodes": args.nnodes, "torchrun_args": _torchrun_args(args), "attempt": 1, "state": "starting",
-              "supervisor_pid": None, "socket": None, "step": None, "epoch": None, "exit_status": None,
-              "failure": None, "updated": _now()}
-    write_run_file(run_dir, record)
-    append_event(run_dir, "created", source="cli", command=record["command"], devices=args.devices,
-                 nnodes=args.nnodes)
+    create_run(run_dir, [str(script), *args.script_args], devices=args.devices, nnodes=args.nnodes,
+               torchrun_args=_torchrun_args(args))
     return _launch(run_dir, args.detach, args.text)
 
 
@@ -116,21 +103,12 @@ def _wait_for_exit(pid: Any, name: str, timeout: float = 15.0) -> None:
 
 def _launch(run_dir: Path, detach: bool, text: bool = False) -> int:
     """Start the supervisor in its own session, wait for its socket, then follow or return."""
-    logs = run_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    with open(logs / "supervisor.log", "ab") as out:
-        supervisor = subprocess.Popen([sys.executable, "-m", "engine.supervisor", str(run_dir)],
-                                      stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
-    deadline = time.monotonic() + SUPERVISOR_START_S
-    while True:
-        record = read_run_file(run_dir) or {}
-        if record.get("socket") and Path(record["socket"]).exists() and record.get("supervisor_pid") == supervisor.pid:
-            break
-        if supervisor.poll() is not None or time.monotonic() > deadline:
-            tail = (logs / "supervisor.log").read_text(errors="replace").strip().splitlines()[-10:]
-            raise CLIError(f"the supervisor did not start (see {logs / 'supervisor.log'}):\n" + "\n".join(tail))
-        time.sleep(0.05)
+    from engine.supervisor.launch import SupervisorStartError, start_supervisor
+
+    try:
+        record = start_supervisor(run_dir)
+    except SupervisorStartError as exc:
+        raise CLIError(str(exc)) from None
     name = record.get("name", run_dir.name)
     print(f"traindeck: run {name} started in {run_dir}", file=sys.stderr)
     if detach:
@@ -143,11 +121,12 @@ def _launch(run_dir: Path, detach: bool, text: bool = False) -> int:
     return follow(run_dir, record["socket"])
 
 
-def open_cockpit(run_dir: Path | None, socket_path: str | None, root_dir: Path = Path("runs")) -> int:
-    """Run the Textual cockpit on a run (or the run browser); the job is never tied to it."""
+def open_cockpit(run_dir: Path | None, socket_path: str | None, root_dir: Path = Path("runs"),
+                 sweep_dir: Path | None = None) -> int:
+    """Run the Textual cockpit on a run, a sweep, or the run browser; the job is never tied to it."""
     from tui.app import TraindeckApp
 
-    outcome = TraindeckApp(run_dir, socket_path, root_dir=root_dir).run()
+    outcome = TraindeckApp(run_dir, socket_path, root_dir=root_dir, sweep_dir=sweep_dir).run()
     if outcome == "detached" and run_dir is not None:
         print(f"traindeck: detached; the job goes on. Re-attach with: traindeck attach {run_dir.name}",
               file=sys.stderr)
@@ -155,7 +134,12 @@ def open_cockpit(run_dir: Path | None, socket_path: str | None, root_dir: Path =
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
-    """Open the cockpit on a run: live through its supervisor, finished from its files."""
+    """Open the cockpit on a run (live through its supervisor, finished from its files) or on a sweep."""
+    from engine._sweep._summary import find_sweep
+
+    sweep_dir = find_sweep(args.run, args.root_dir) if args.run else None
+    if sweep_dir is not None:
+        return open_cockpit(None, None, Path(args.root_dir), sweep_dir=sweep_dir)
     run = _lookup(args.run, args.root_dir)
     return open_cockpit(run.run_dir, run.socket if run.live else None, Path(args.root_dir))
 
@@ -308,7 +292,7 @@ def add_job_commands(sub: Any) -> None:
     resume.set_defaults(func=cmd_resume)
 
     attach = sub.add_parser("attach", help=cmd_attach.__doc__, description=cmd_attach.__doc__)
-    attach.add_argument("run", nargs="?", help="run name or unique prefix (default: the one live run)")
+    attach.add_argument("run", nargs="?", help="run or sweep name, or a unique run prefix (default: the one live run)")
     attach.add_argument("--root-dir", default="runs", help="where run directories live (default: runs)")
     attach.set_defaults(func=cmd_attach)
 

@@ -24,6 +24,7 @@ from engine._events import append_event
 from engine._failures import failed_ranks
 from engine._rank_channel import SOCKET_ENV
 from engine._run_dir import RESUME_ENV, RUN_DIR_ENV, RUN_NAME_ENV
+from engine.protocol import STAGES
 from engine.runs import read_run_file, update_run_file
 from engine.history import MetricHistory
 from engine.supervisor._job import Job, job_command
@@ -108,8 +109,10 @@ class Supervisor:
         for path in logs.glob("rank*.log"):
             self._tails[path] = FileTail(path, from_end=True)
         self._tails[self.run_dir / "events.jsonl"] = FileTail(self.run_dir / "events.jsonl", from_end=True)
-        env = {**os.environ, RUN_DIR_ENV: str(self.run_dir), RUN_NAME_ENV: self.name, LOG_DIR_ENV: str(logs),
-               SOCKET_ENV: str(self.server.path), "PYTHONUNBUFFERED": "1"}
+        extra_env = record.get("env") if isinstance(record.get("env"), dict) else {}
+        env = {**os.environ, **{str(k): str(v) for k, v in extra_env.items()}, RUN_DIR_ENV: str(self.run_dir),
+               RUN_NAME_ENV: self.name, LOG_DIR_ENV: str(logs), SOCKET_ENV: str(self.server.path),
+               "PYTHONUNBUFFERED": "1"}
         if record.get("attempt", 1) > 1:
             env[RESUME_ENV] = "1"
         command = job_command(record["command"], record.get("devices", 1), record.get("nnodes", 1),
@@ -228,7 +231,10 @@ class Supervisor:
             when = point.get("time") if isinstance(point.get("time"), (int, float)) else time.time()
             numbers = {str(k): _metric_value(v) for k, v in point["values"].items()}
             values = {k: point["values"][k] for k, v in numbers.items() if v is not None}
-            self._metrics_file.write(json.dumps({"step": point["step"], "time": when, "metrics": values}) + "\n")
+            line = {"step": point["step"], "time": when, "metrics": values}
+            if point.get("stage") in STAGES:
+                line["stage"] = point["stage"]
+            self._metrics_file.write(json.dumps(line) + "\n")
             for name in values:
                 self.history.add(name, point["step"], when, numbers[name])
             points.append({"step": point["step"], "time": when, "values": values})

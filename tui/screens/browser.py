@@ -1,7 +1,8 @@
-"""The run browser: live and finished runs; open one, or compare the curves of several on one chart."""
+"""The run browser: live and finished runs, and sweeps; open one, or compare the curves of several on one chart."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -11,11 +12,13 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label
 
+from engine._sweep._summary import SUMMARY_FILE, list_sweeps, read_summary
 from engine.history import MetricHistory
 from engine.runs import RunInfo, list_runs
 from tui.cli_runs import age
 from tui.model import chart_groups, json_lines
 from tui.widgets.chart import MetricChart
+from tui.widgets.sweep import format_value, trial_counts
 
 __all__ = ["BrowserScreen", "CompareScreen", "best_value"]
 
@@ -37,22 +40,40 @@ def best_value(run_dir: Path) -> tuple[str, float] | None:
     return name, best[name]
 
 
+def sweep_cells(summary: dict[str, Any] | None) -> tuple[str, str, str, str]:
+    """A sweep's state, trials done/total, best objective and age, for its row among the runs."""
+    if summary is None:
+        return "sweep ?", "–", "–", "-"
+    best = summary.get("best") or {}
+    started = [t["started"] for t in summary.get("trials") or [] if isinstance(t, dict) and t.get("started")]
+    try:
+        created = datetime.fromisoformat(min(started).replace("Z", "+00:00")) if started else None
+    except (TypeError, ValueError):
+        created = None
+    return (f"sweep {summary.get('state', '?')}", f"{trial_counts(summary)['done']}/{summary.get('n_trials', '?')}",
+            f"{summary.get('metric')} {format_value(best.get('value'), 4)}" if best else "–", age(created))
+
+
 class BrowserScreen(Screen[None]):
-    """Every run under the root (and live ones elsewhere), newest first."""
+    """Every sweep and every run under the root (and live ones elsewhere), newest first; a sweep's trials
+    are runs named ``<sweep>/trial-<n>``."""
 
     BINDINGS = [Binding("enter", "open", "Open"), Binding("space", "mark", "Mark"),
-                Binding("v", "compare", "Compare marked"), Binding("f5", "reload", "Reload"),
-                Binding("escape", "back", "Back", show=False)]
+                Binding("v", "compare", "Compare marked"), Binding("w", "sweep", "Sweep"),
+                Binding("f5", "reload", "Reload"), Binding("escape", "back", "Back", show=False)]
     DEFAULT_CSS = "BrowserScreen DataTable { height: 1fr; } BrowserScreen #hint { height: 1; padding: 0 1; }"
 
     def __init__(self, root_dir: Path) -> None:
         super().__init__()
         self.root_dir = Path(root_dir)
         self.runs: list[RunInfo] = []
+        self.sweeps: dict[str, Path] = {}
+        """Sweep directories by their row key ("sweep:" + path: a sweep directory may look like a run too)."""
         self.marked: set[str] = set()
 
     def compose(self) -> ComposeResult:
-        yield Label(f"runs under {self.root_dir}/ — enter: open, space: mark, v: compare marked", id="hint")
+        yield Label(f"runs under {self.root_dir}/ — enter: open, space: mark, v: compare marked, w: sweep of a trial",
+                    id="hint")
         yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
         yield Footer()
 
@@ -67,7 +88,15 @@ class BrowserScreen(Screen[None]):
     def action_reload(self) -> None:
         table = self.query_one(DataTable)
         self.runs = list_runs(self.root_dir)
+        self.sweeps = {f"sweep:{path}": path for path in list_sweeps(self.root_dir)}
         known = {str(row.value) for row in table.rows}
+        for key, path in self.sweeps.items():
+            cells = (" ", f"{path.name}/", *sweep_cells(read_summary(path)))
+            if key in known:
+                for column, value in zip(("mark", "name", "state", "step", "best", "age"), cells):
+                    table.update_cell(key, column, value)
+            else:
+                table.add_row(*cells, key=key)
         for run in self.runs:
             key = str(run.run_dir)
             cells = ("*" if key in self.marked else " ", run.name, run.state.upper() if run.live else run.state,
@@ -85,19 +114,44 @@ class BrowserScreen(Screen[None]):
         text = f"{found[0]} {found[1]:.4g}" if found else "–"
         self.app.call_from_thread(self.query_one(DataTable).update_cell, key, "best", text)
 
-    def _selected(self) -> RunInfo | None:
+    def _selected_key(self) -> str | None:
         table = self.query_one(DataTable)
-        if not self.runs or table.cursor_row is None:
+        if table.row_count == 0:
             return None
-        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+
+    def _selected(self) -> RunInfo | None:
+        key = self._selected_key()
         return next((r for r in self.runs if str(r.run_dir) == key), None)
+
+    def _selected_sweep(self) -> Path | None:
+        """The selected sweep row's directory, or the sweep of the selected trial run."""
+        key = self._selected_key()
+        if key in self.sweeps:
+            return self.sweeps[key]
+        run = self._selected()
+        if run is not None and "/" in run.name and (run.run_dir.parent / SUMMARY_FILE).is_file():
+            return run.run_dir.parent
+        return None
 
     def action_open(self) -> None:
         from tui.screens.run import RunScreen
 
+        if self._selected_key() in self.sweeps:
+            self.action_sweep()
+            return
         run = self._selected()
         if run is not None:
-            self.app.push_screen(RunScreen(run.run_dir, run.socket if run.live else None))
+            self.app.push_screen(RunScreen.for_run(run))
+
+    def action_sweep(self) -> None:
+        from tui.screens.sweep import SweepScreen
+
+        sweep_dir = self._selected_sweep()
+        if sweep_dir is None:
+            self.notify("not a sweep or one of its trials: w opens the sweep of a trial row", severity="warning")
+            return
+        self.app.push_screen(SweepScreen(sweep_dir))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         self.action_open()

@@ -165,14 +165,18 @@ HELP = """\
 
 
 class HelpScreen(ModalScreen[None]):
-    """Every key, in one place."""
+    """Every key, in one place: ``text`` (a screen's own ``HELP``), else the run dashboard's keys."""
 
     DEFAULT_CSS = DIALOG_CSS
     BINDINGS = [Binding("escape,q,question_mark", "dismiss(None)", "Close")]
 
+    def __init__(self, text: str | None = None) -> None:
+        super().__init__()
+        self.text = text or HELP
+
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Markdown(HELP)
+            yield Markdown(self.text)
             yield Button("Close (esc)", id="close")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:

@@ -16,7 +16,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, TabbedContent, TabPane
 
 from engine.client import AsyncClient, ConnectError
-from engine.runs import read_run_file
+from engine.runs import RunInfo, read_run_file
 from tui.model import RunModel, chart_groups
 from tui.widgets.chart import MetricChart
 from tui.widgets.events import EventsList, describe_event
@@ -58,7 +58,7 @@ class RunScreen(Screen[None]):
         Binding("n", "search_next", "Next match", show=False), Binding("N", "search_previous", "Previous", show=False),
         Binding("m", "next_metric", "Metric"), Binding("M", "previous_metric", show=False),
         Binding("g", "smoothing", "Smooth", show=False), Binding("o", "log_scale", "Log scale", show=False),
-        Binding("w", "window", "Window", show=False),
+        Binding("w", "window", "Window", show=False), Binding("escape", "back", "Back", show=False),
     ]
 
     def __init__(self, run_dir: Path, socket: str | None) -> None:
@@ -73,6 +73,11 @@ class RunScreen(Screen[None]):
         self._events_shown = 0
         self._search: str | None = None
         self._chart_drawn = 0.0
+
+    @classmethod
+    def for_run(cls, run: RunInfo) -> RunScreen:
+        """The dashboard of ``run`` as the run browser opens it: live through its socket, else from its files."""
+        return cls(run.run_dir, run.socket if run.live else None)
 
     def compose(self) -> ComposeResult:
         yield RunHeader(id="header")
@@ -317,6 +322,11 @@ class RunScreen(Screen[None]):
     def action_window(self) -> None:
         self._window = (self._window + 1) % len(WINDOWS)
         self._draw_chart()
+
+    def action_back(self) -> None:
+        """Back to the screen that opened this run (the browser, a sweep); nothing when the app opened on it."""
+        if len(self.app.screen_stack) > 2:
+            self.app.pop_screen()
 
     def action_quit_dialog(self) -> None:
         from tui.screens.dialogs import QuitDialog

@@ -7,7 +7,7 @@ from typing import Any
 from rich.text import Text
 from textual.widget import Widget
 
-__all__ = ["RunHeader", "BADGES", "badge_for"]
+__all__ = ["RunHeader", "BADGES", "badge_for", "format_duration"]
 
 BADGES = {
     "starting": ("STARTING", "black on yellow"), "running": ("RUNNING", "black on green"),
@@ -25,7 +25,8 @@ def badge_for(state: str, live: bool) -> tuple[str, str]:
     return BADGES.get(state, (state.upper(), "reverse"))
 
 
-def _duration(seconds: float | None) -> str:
+def format_duration(seconds: float | None) -> str:
+    """Seconds as m:ss (h:mm:ss past an hour); "–" when unknown."""
     if seconds is None or seconds < 0:
         return "–"
     seconds = int(seconds)
@@ -61,7 +62,7 @@ class RunHeader(Widget):
             detail.append(f" {fraction * 100:3.0f}%  ")
         rate = progress.get("rate")
         detail.append(f"{rate:.1f} it/s  " if rate else "– it/s  ")
-        detail.append(f"elapsed {_duration(progress.get('elapsed'))}  ETA {_duration(progress.get('eta'))}")
+        detail.append(f"elapsed {format_duration(progress.get('elapsed'))}  ETA {format_duration(progress.get('eta'))}")
         self._text = Text("\n").join([line, detail])
         self.refresh()
 

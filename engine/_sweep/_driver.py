@@ -1,0 +1,516 @@
+"""The sweep driver: asks Optuna for parameters, runs each trial as a supervised run, reports, prunes and tells.
+
+One loop polls the running trials' files (the objective from ``metrics.jsonl``, the end
+from ``run.json``), so trials are ordinary runs: ``traindeck ls``, ``attach`` and ``ctl``
+work on them. Pruning is a ``stop`` command with reason ``pruned``, so every rank of a
+multi-device trial stops at the same step. Torch-free; Optuna is imported here only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from engine._errors import SweepError
+from engine._sweep._space import Param
+from engine._sweep._summary import pid_alive, read_summary, ranked_trials, write_summary
+from engine._sweep._trial import TRIAL_ENV
+from engine._sweep._watch import TrialWatch
+from engine.client import Client, ConnectError
+from engine.supervisor.launch import SupervisorStartError, create_run, start_supervisor
+
+__all__ = ["SweepConfig", "SweepDriver", "SweepResult", "make_pruner", "make_sampler"]
+
+POLL_S = 0.2
+SUMMARY_INTERVAL_S = 2.0
+STOP_GRACE_S = 60.0
+
+
+@dataclass
+class SweepConfig:
+    """Everything a sweep needs; ``command`` is the script and its arguments, run once per trial."""
+
+    name: str
+    command: list[str]
+    space: list[Param]
+    n_trials: int
+    metric: str = "val/loss"
+    direction: str = "minimize"
+    root_dir: Path = Path("runs")
+    storage: str | None = None
+    study: str | None = None
+    pruner: Any = "median"
+    sampler: Any = "tpe"
+    seed: int | None = None
+    parallel: int = 1
+    devices: int = 1
+    resume: bool = False
+    echo: Callable[[str], None] = field(default=lambda text: print(text, file=sys.stderr, flush=True))
+
+
+@dataclass
+class SweepResult:
+    """How a sweep ended: its state, the best trial (None if no trial completed) and every trial."""
+
+    name: str
+    sweep_dir: Path
+    state: str
+    best: dict[str, Any] | None
+    trials: list[dict[str, Any]]
+
+    @property
+    def best_params(self) -> dict[str, Any] | None:
+        return self.best["params"] if self.best else None
+
+    @property
+    def best_value(self) -> float | None:
+        return self.best["value"] if self.best else None
+
+
+@dataclass
+class _Running:
+    trial: Any  # optuna.Trial
+    watch: TrialWatch
+    slot: int
+    reported: int = -1
+    pruning: bool = False
+    error: str | None = None
+    client: Client | None = None
+
+
+def make_pruner(spec: Any) -> Any:
+    """An Optuna pruner from a spec (median, percentile:P, hyperband, threshold:lower=X,upper=Y, none) or as given."""
+    import optuna
+
+    if not isinstance(spec, str):
+        return spec if spec is not None else optuna.pruners.NopPruner()
+    kind, _, rest = spec.partition(":")
+    try:
+        if kind == "median" and not rest:
+            return optuna.pruners.MedianPruner()
+        if kind == "percentile":
+            return optuna.pruners.PercentilePruner(float(rest))
+        if kind == "hyperband" and not rest:
+            return optuna.pruners.HyperbandPruner()
+        if kind == "threshold":
+            bounds = dict(part.split("=", 1) for part in rest.split(",") if part)
+            if not bounds or set(bounds) - {"lower", "upper"}:
+                raise ValueError("threshold takes lower=X and/or upper=Y")
+            return optuna.pruners.ThresholdPruner(**{k: float(v) for k, v in bounds.items()})
+        if kind == "none" and not rest:
+            return optuna.pruners.NopPruner()
+    except ValueError as exc:
+        raise SweepError(f"bad --pruner {spec!r}: {exc}") from None
+    raise SweepError(f"unknown --pruner {spec!r}: use median, percentile:P, hyperband, "
+                     "threshold:lower=X,upper=Y or none")
+
+
+def make_sampler(spec: Any, seed: int | None) -> Any:
+    """An Optuna sampler from ``tpe``, ``random`` or ``qmc``, or as given."""
+    import optuna
+
+    if not isinstance(spec, str):
+        return spec
+    samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
+                "qmc": optuna.samplers.QMCSampler}
+    if spec not in samplers:
+        raise SweepError(f"unknown --sampler {spec!r}: use {', '.join(samplers)}")
+    return samplers[spec](seed=seed)
+
+
+class SweepDriver:
+    """Runs ``config.n_trials`` trials of one Optuna study, ``config.parallel`` at a time."""
+
+    def __init__(self, config: SweepConfig) -> None:
+        if config.n_trials < 1 or config.parallel < 1 or config.devices < 1:
+            raise SweepError(f"--trials {config.n_trials}, --parallel {config.parallel}, --devices {config.devices}: "
+                             "each must be at least 1")
+        if config.direction not in ("minimize", "maximize"):
+            raise SweepError(f"--direction must be minimize or maximize, got {config.direction!r}")
+        self.config = config
+        self.sweep_dir = (Path(config.root_dir) / config.name).resolve()
+        self.storage_url = config.storage or f"sqlite:///{self.sweep_dir / 'study.db'}"
+        self.study_name = config.study or config.name
+        self.host = socket.gethostname()
+        self.distributions = {p.name: p.distribution() for p in config.space}
+        self.gpus = _visible_gpus()
+        if self.gpus and config.parallel * config.devices > len(self.gpus):
+            raise SweepError(f"--parallel {config.parallel} x --devices {config.devices} needs "
+                             f"{config.parallel * config.devices} GPUs; this machine shows {len(self.gpus)}")
+        self.running: dict[int, _Running] = {}
+        self.state = "running"
+        self.exhausted = False  # the sampler has nothing left to try
+        self.error: str | None = None
+        self._signals = 0
+        self._summary_due = 0.0
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> SweepResult:
+        """Run trials until the study holds ``n_trials`` finished ones; Ctrl-C stops the running trials."""
+        created = self._prepare_dir()
+        try:
+            self.study = self._open_study()
+        except SweepError:
+            if created:
+                shutil.rmtree(self.sweep_dir, ignore_errors=True)
+            raise
+        self._write_summary()
+        previous = _install_signals(self._on_signal)
+        try:
+            self._adopt_orphans()
+            while True:
+                self._poll_trials()
+                if self._signals:
+                    if not self.running:
+                        self.state = "interrupted"
+                        break
+                elif self.error is None and not self.exhausted:
+                    self._fill_slots()
+                if not self.running and (self.error is not None or self.exhausted
+                                         or self._counted() >= self.config.n_trials):
+                    self.state = "failed" if self.error else "finished"
+                    break
+                if time.monotonic() >= self._summary_due:
+                    self._write_summary()
+                time.sleep(POLL_S)
+        finally:
+            _restore_signals(previous)
+            for running in self.running.values():
+                if running.client is not None:
+                    running.client.close()
+            self._write_summary()
+        if self.error:
+            raise SweepError(self.error)
+        summary = read_summary(self.sweep_dir) or {}
+        return SweepResult(self.config.name, self.sweep_dir, self.state, summary.get("best"),
+                           summary.get("trials", []))
+
+    def _prepare_dir(self) -> bool:
+        """Check the sweep directory against --resume and make it; True when made now."""
+        exists = (self.sweep_dir / "sweep.json").exists()
+        if exists and not self.config.resume:
+            raise SweepError(f"a sweep named {self.config.name!r} already exists in {self.sweep_dir.parent}; "
+                             "continue it with --resume or choose another --name")
+        if self.config.resume and not exists:
+            raise SweepError(f"no sweep named {self.config.name!r} in {self.sweep_dir.parent} to resume")
+        made = not self.sweep_dir.exists()
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        return made
+
+    def _open_study(self) -> Any:
+        import optuna
+        import sqlalchemy.exc
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        kwargs: dict[str, Any] = {}
+        if self.storage_url.startswith("sqlite:"):
+            kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+        try:
+            with _sqlite_lock(self.storage_url):
+                storage = optuna.storages.RDBStorage(self.storage_url, **kwargs)
+                study = optuna.create_study(study_name=self.study_name, storage=storage, load_if_exists=True,
+                                            direction=self.config.direction,
+                                            sampler=make_sampler(self.config.sampler, self.config.seed),
+                                            pruner=make_pruner(self.config.pruner))
+        except ImportError as exc:
+            raise SweepError(f"storage {_redact(self.storage_url)} needs a database driver that is not "
+                             f"installed ({exc}); install the one SQLAlchemy needs (e.g. psycopg2-binary for "
+                             "PostgreSQL, PyMySQL for MySQL)") from None
+        except (sqlalchemy.exc.SQLAlchemyError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SweepError(f"cannot open storage {_redact(self.storage_url)}: {first}") from None
+        asked = self.config.direction
+        if study.direction.name.lower() != asked:
+            raise SweepError(f"study {self.study_name!r} in {_redact(self.storage_url)} is set to "
+                             f"{study.direction.name.lower()}, not {asked}")
+        metric = study.user_attrs.get("metric")  # set once a trial completed with it
+        if metric is not None and metric != self.config.metric:
+            raise SweepError(f"study {self.study_name!r} optimises {metric!r}, not {self.config.metric!r}")
+        return study
+
+    def _counted(self) -> int:
+        """Trials that count toward n_trials: finished ones (interrupted excepted) and those running."""
+        return sum(1 for t in self.study.get_trials(deepcopy=False) if _counts(t))
+
+    def _fill_slots(self) -> None:
+        while len(self.running) < self.config.parallel and self._counted() < self.config.n_trials:
+            if not self._start_trial():
+                return
+
+    def _start_trial(self) -> bool:
+        from optuna.trial import TrialState
+
+        trial = self.study.ask(self.distributions)
+        earlier = sum(1 for t in self.study.get_trials(deepcopy=False) if t.number < trial.number and _counts(t))
+        if earlier >= self.config.n_trials:  # another process took the last trial first
+            trial.set_user_attr("surplus", True)
+            self._tell(trial, state=TrialState.FAIL)
+            return False
+        slot = min(set(range(self.config.parallel)) - {r.slot for r in self.running.values()})
+        run_name = f"{self.config.name}/trial-{trial.number}"
+        run_dir = self.sweep_dir / f"trial-{trial.number}"
+        for key, value in {"run": run_name, "run_dir": str(run_dir), "host": self.host,
+                           "driver_pid": os.getpid()}.items():
+            trial.set_user_attr(key, value)
+        env = {TRIAL_ENV: json.dumps({"sweep": self.config.name, "number": trial.number, "params": trial.params,
+                                      "metric": self.config.metric})}
+        if self.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpus[slot * self.config.devices:
+                                                             (slot + 1) * self.config.devices])
+        create_run(run_dir, self.config.command, devices=self.config.devices, name=run_name, env=env,
+                   sweep={"name": self.config.name, "study": self.study_name, "trial": trial.number,
+                          "params": trial.params})
+        self.config.echo(f"trial {trial.number} started ({_describe(trial.params)}) in {run_dir}")
+        try:
+            start_supervisor(run_dir)
+        except SupervisorStartError as exc:
+            self._tell_failed(trial, str(exc))
+            return True
+        self.running[trial.number] = _Running(trial, TrialWatch(run_dir, self.config.metric), slot)
+        self._summary_due = 0.0
+        return True
+
+    def _adopt_orphans(self) -> None:
+        """On resume: trials this host left running. Live runs are followed again, ended ones are told."""
+        from optuna.trial import Trial, TrialState
+
+        for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            attrs = frozen.user_attrs
+            if attrs.get("host") != self.host or not str(attrs.get("run_dir", "")).startswith(str(self.sweep_dir)):
+                continue
+            if attrs.get("driver_pid") != os.getpid() and pid_alive(attrs.get("driver_pid")):
+                continue
+            used = {r.slot for r in self.running.values()}
+            slot = min(set(range(len(self.running) + 1)) - used)
+            running = _Running(Trial(self.study, frozen._trial_id), TrialWatch(Path(attrs["run_dir"]),
+                                                                                self.config.metric), slot)
+            running.reported = max(frozen.intermediate_values, default=-1)
+            self.running[frozen.number] = running
+            self.config.echo(f"trial {frozen.number} left running by an earlier driver: following it again")
+            running.trial.set_user_attr("driver_pid", os.getpid())
+
+    def _poll_trials(self) -> None:
+        for number, running in list(self.running.items()):
+            for step, value in running.watch.poll():
+                if step > running.reported:
+                    running.trial.report(value, step)
+                    running.reported = step
+                    self._summary_due = 0.0
+                    if not running.pruning and not self._signals and running.trial.should_prune():
+                        self.config.echo(f"trial {number} pruned at step {step} ({self.config.metric}={value:.6g})")
+                        self._send(running, "stop", checkpoint=False, reason="pruned")
+                        running.pruning = True
+            if running.watch.metric_missing and self.error is None:
+                self._metric_missing(number, running)
+            run = running.watch.run()
+            if TrialWatch.ended(run):
+                running.watch.poll()
+                self._finish(number, running, run)
+
+    def _metric_missing(self, number: int, running: _Running) -> None:
+        names = ", ".join(sorted(running.watch.names)) or "nothing"
+        self.error = (f"the script never logs {self.config.metric!r}: after the first validation of trial {number} "
+                      f"it had logged {names}; pass --metric with one of those")
+        running.error = self.error
+        for other in self.running.values():
+            self._send(other, "stop", checkpoint=False, reason="sweep error")
+
+    def _finish(self, number: int, running: _Running, run: Any) -> None:
+        from optuna.trial import TrialState
+
+        del self.running[number]
+        if running.client is not None:
+            running.client.close()
+        self._summary_due = 0.0
+        trial, watch = running.trial, running.watch
+        reason, client = watch.stop_reason()
+        if running.error is not None:
+            self._tell_failed(trial, running.error, echo=False)
+        elif reason == "pruned" or running.pruning:
+            if not running.pruning:
+                self.config.echo(f"trial {number} pruned by {client}")
+            self._tell(trial, state=TrialState.PRUNED)
+        elif run.state == "finished" and watch.values:
+            value = watch.values[-1][1]
+            self._tell(trial, value)
+            self.study.set_user_attr("metric", self.config.metric)
+            best = self.study.best_trial
+            self.config.echo(f"trial {number} complete: {self.config.metric}={value:.6g} "
+                             f"(best: trial {best.number}, {best.value:.6g})")
+        elif run.state == "finished":
+            names = ", ".join(sorted(watch.names)) or "nothing"
+            self._tell_failed(trial, f"the run finished without logging {self.config.metric!r} (it logged {names})",
+                              echo=False)
+            if self.error is None:
+                self.error = (f"the script never logs {self.config.metric!r} (trial {number} logged {names}); "
+                              "pass --metric with one of those")
+        elif self._signals or (self.error is not None and reason == "sweep error"):
+            trial.set_user_attr("interrupted", True)
+            self._tell(trial, state=TrialState.FAIL)
+            self.study.enqueue_trial(trial.params, user_attrs={"retry_of": number})
+            self.config.echo(f"trial {number} interrupted at step {run.step}; --resume runs it again")
+        elif run.state == "stopped":
+            self._tell_failed(trial, f"stopped by {client or 'a client'} at step {run.step} before it finished")
+        else:
+            self._tell_failed(trial, watch.error(run))
+
+    def _tell(self, trial: Any, *args: Any, **kwargs: Any) -> None:
+        """``study.tell``; a sampler that asks to stop the study (a finished GridSampler) ends the sweep."""
+        try:
+            self.study.tell(trial, *args, **kwargs)
+        except RuntimeError as exc:
+            if "Study.stop" not in str(exc):
+                raise
+            self.exhausted = True
+
+    def _tell_failed(self, trial: Any, error: str, echo: bool = True) -> None:
+        from optuna.trial import TrialState
+
+        trial.set_user_attr("error", error)
+        self._tell(trial, state=TrialState.FAIL)
+        if echo:
+            last = error.strip().splitlines()[-1] if error.strip() else "failed"
+            self.config.echo(f"trial {trial.number} failed: {last}")
+
+    def _send(self, running: _Running, action: str, **args: Any) -> None:
+        """Send a command to a trial's supervisor without waiting for the reply (drained on later polls)."""
+        run = running.watch.run()
+        if not run.live or not run.socket:
+            return
+        try:
+            if running.client is None:
+                running.client = Client(run.socket, name=f"sweep:{self.config.name}")
+                running.client.connect()
+            running.client.send({"type": "command", "id": f"sweep-{action}", "action": action, "args": args})
+        except (ConnectError, OSError) as exc:
+            self.config.echo(f"trial {running.trial.number}: could not send {action}: {exc}")
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._signals += 1
+        action = "stop" if self._signals == 1 else "kill"
+        self.config.echo(f"interrupted: {'stopping' if action == 'stop' else 'killing'} {len(self.running)} "
+                         f"running trial(s){'; Ctrl-C again to kill them' if action == 'stop' else ''}")
+        for running in self.running.values():
+            self._send(running, action, **({"checkpoint": False, "reason": "sweep interrupted"}
+                                           if action == "stop" else {"grace_s": 2.0}))
+
+    # -- the summary ------------------------------------------------------------------------
+
+    def _write_summary(self) -> None:
+        self._summary_due = time.monotonic() + SUMMARY_INTERVAL_S
+        trials = [_trial_row(t) for t in self.study.get_trials(deepcopy=False)] if hasattr(self, "study") else []
+        summary = {"name": self.config.name, "study": self.study_name, "storage": _redact(self.storage_url),
+                   "metric": self.config.metric, "direction": self.config.direction,
+                   "space": {p.name: p.spec() for p in self.config.space}, "n_trials": self.config.n_trials,
+                   "parallel": self.config.parallel, "devices": self.config.devices,
+                   "pruner": _spec(self.config.pruner), "sampler": _spec(self.config.sampler), "seed": self.config.seed,
+                   "command": self.config.command, "state": self.state, "error": self.error,
+                   "driver": {"host": self.host, "pid": os.getpid()},
+                   "trials": [t for t in trials if t is not None]}
+        ranked = ranked_trials(summary)
+        best = ranked[0] if ranked and ranked[0]["state"] == "complete" else None
+        summary["best"] = {k: best[k] for k in ("number", "value", "params", "run")} if best else None
+        write_summary(self.sweep_dir, summary)
+
+
+def _trial_row(trial: Any) -> dict[str, Any] | None:
+    attrs = trial.user_attrs
+    if attrs.get("surplus"):
+        return None
+    state = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running",
+             "WAITING": "waiting"}.get(trial.state.name, trial.state.name.lower())
+    if state == "failed" and attrs.get("interrupted"):
+        state = "interrupted"
+    steps = trial.intermediate_values
+    last = max(steps) if steps else None
+    start, end = trial.datetime_start, trial.datetime_complete
+    params = trial.params or trial.system_attrs.get("fixed_params", {})  # a waiting trial's enqueued values
+    return {"number": trial.number, "state": state, "params": params,
+            "value": trial.value if state == "complete" else None,
+            "last": {"step": last, "value": steps[last]} if last is not None else None,
+            "started": start.isoformat(timespec="seconds") if start else None,
+            "finished": end.isoformat(timespec="seconds") if end else None,
+            "duration_s": round((end - start).total_seconds(), 1) if start and end else None,
+            "run": attrs.get("run"), "run_dir": attrs.get("run_dir"), "host": attrs.get("host"),
+            "error": attrs.get("error")}
+
+
+def _spec(value: Any) -> str:
+    return value if isinstance(value, str) else type(value).__name__
+
+
+def _counts(trial: Any) -> bool:
+    state, attrs = trial.state.name, trial.user_attrs
+    if state == "WAITING" or attrs.get("surplus"):
+        return False
+    return not (state == "FAIL" and attrs.get("interrupted"))
+
+
+def _describe(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def _redact(url: str) -> str:
+    """The storage URL without its password, for messages and sweep.json."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return url
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
+
+
+@contextlib.contextmanager
+def _sqlite_lock(url: str) -> Iterator[None]:
+    """Hold a lock next to an SQLite file while opening it: two drivers creating one study's tables at once collide."""
+    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
+    if not path or path.startswith(":memory:") or not Path(path).parent.is_dir():
+        yield
+        return
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _visible_gpus() -> list[str]:
+    """The GPUs trials may be given (honouring CUDA_VISIBLE_DEVICES), from NVML; none without a driver."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return [str(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        return []
+
+
+def _install_signals(handler: Callable[[int, Any], None]) -> dict[int, Any]:
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_signals(previous: dict[int, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
