@@ -17,6 +17,8 @@ Run it:
     python examples/demo.py                  # about a minute on 2 CPU cores
     traindeck demo                           # the same run, in the terminal cockpit
     python examples/demo.py --max-steps 20   # a few seconds: a smoke test
+    traindeck sweep --trials 8 --parallel 2 --param lr=log:3e-4:3e-2 --param batch_size=cat:32,64,128 \
+        --metric val/acc --direction maximize examples/demo.py --max-steps 300   # a sweep: any option by its name
 
 Logged metrics: ``train/loss``, ``val/loss``, ``val/acc`` (per-digit accuracy) and
 ``val/seq_acc`` (whole row exactly right), plus the learning rate. The run
@@ -34,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from engine import DataModule, Module, Trainer
+from engine import DataModule, Module, Trainer, trial_params
 from engine.callbacks import LearningRateMonitor, ModelCheckpoint
 
 NUM_DIGITS = 10  # the vocabulary: digits 0-9, so chance accuracy is 1/10
@@ -161,7 +163,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-threads", type=int, default=1,
                         help="torch CPU threads; 1 suits this small model and leaves a core for the "
                              "cockpit (0: torch's default)")
-    return parser.parse_args(argv)
+    # In a sweep trial (`traindeck sweep`), the sampled values replace the options of the same name.
+    return argparse.Namespace(**trial_params(vars(parser.parse_args(argv))))
 
 
 def build(args: argparse.Namespace) -> tuple[SortDigits, SortDataModule]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from typing import Any
 import optuna
 import pytest
 
+from engine._sweep._summary import read_summary
 from engine.runs import read_run_file
 
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -35,7 +37,7 @@ def traindeck(*args: str, check: bool = True, timeout: float = 180) -> subproces
 
 
 def summary(name: str, root: str = "runs") -> dict[str, Any]:
-    return json.loads((Path(root) / name / "sweep.json").read_text())
+    return read_summary(Path(root) / name)
 
 
 def states(name: str) -> dict[int, str]:
@@ -168,3 +170,29 @@ def test_two_sweep_processes_share_one_sqlite_study(env: dict[str, str]) -> None
     assert {t.user_attrs["run"].split("/")[0] for t in done} == {"left", "right"}
     listed = [sum(t["state"] == "complete" for t in summary(name)["trials"]) for name in ("left", "right")]
     assert max(listed) == 4
+
+
+def test_a_pruned_two_device_trial_stops_every_rank_at_the_same_step(env: dict[str, str]) -> None:
+    traindeck("sweep", "--name", "ddp", "--trials", "1", "--devices", "2", "--pruner", "threshold:upper=50",
+              "--param", "offset=cat:100", str(TRAIN), "--epochs", "20", "--sleep", "0.02")
+    trial = summary("ddp")["trials"][0]
+    assert trial["state"] == "pruned"
+    logs = Path(trial["run_dir"]) / "logs"
+    applied = [re.findall(r"rank \d applied stop .*reason=pruned at step (\d+)", (logs / f"rank{rank}.log").read_text())
+               for rank in (0, 1)]
+    assert applied[0] == applied[1] and len(applied[0]) == 1
+    assert int(applied[0][0]) < 20 * 6
+
+
+def test_a_killed_drivers_running_trial_is_followed_again_on_resume(env: dict[str, str]) -> None:
+    driver = subprocess.Popen([sys.executable, "-m", "tui.cli", "sweep", "--name", "orphan", "--trials", "2",
+                               "--pruner", "none", "--param", "lr=log:1e-3:0.5", str(TRAIN), "--epochs", "3",
+                               "--sleep", "0.03"], stderr=subprocess.DEVNULL)
+    wait_for(lambda: (read_run_file("runs/orphan/trial-0") or {}).get("step") is not None, 120, "trial 0 to run")
+    driver.kill()
+    driver.wait()
+    assert summary("orphan")["state"] == "interrupted"
+
+    result = traindeck("sweep", "--resume", "--name", "orphan")
+    assert "trial 0 left running by an earlier driver: following it again" in result.stderr
+    assert [t["state"] for t in summary("orphan")["trials"]] == ["complete", "complete"]
