@@ -1,8 +1,12 @@
 """Regenerate the pictures in screenshots/ from real runs of the demo (``make screenshots``).
 
 The dashboard during a run, the paused state, a failed rank's traceback in the log pane,
-and the run browser comparing two runs; each as SVG (Textual's own export) and PNG
-(when cairosvg is installed). Takes about two minutes on two cores.
+the run browser comparing two runs, and the sweep view of a small sweep of the demo while
+two of its trials run; each as SVG (Textual's own export) and PNG (when cairosvg is
+installed). Takes about two minutes on two cores, half of it the sweep.
+
+    python screenshots/make_screenshots.py          # every picture
+    python screenshots/make_screenshots.py sweep    # only sweep.png; `runs` only the other five
 """
 
 from __future__ import annotations
@@ -57,10 +61,11 @@ def save(app: Any, name: str) -> None:
     print(f"wrote {svg} and {svg.with_suffix('.png')}")
 
 
-async def shoot(run_dir: Path | None, socket: str | None, root: Path, scenes: Callable[[Any], Any]) -> None:
+async def shoot(run_dir: Path | None, socket: str | None, root: Path, scenes: Callable[[Any], Any],
+                sweep_dir: Path | None = None) -> None:
     from tui.app import TraindeckApp
 
-    app = TraindeckApp(run_dir, socket, root_dir=root)
+    app = TraindeckApp(run_dir, socket, root_dir=root, sweep_dir=sweep_dir)
     async with app.run_test(size=SIZE) as pilot:
         await scenes(pilot)
 
@@ -73,10 +78,8 @@ async def until(pilot: Any, predicate: Callable[[], Any], timeout: float = 60.0)
         await pilot.pause(0.2)
 
 
-def main() -> None:
-    root = Path(tempfile.mkdtemp(prefix="traindeck-shots-")) / "runs"
-    os.environ["TRAINDECK_SOCKET_DIR"] = tempfile.mkdtemp(prefix="td-shots-")
-    os.environ["TRAINDECK_LINGER_S"] = "0.3"
+def runs(root: Path) -> None:
+    """dashboard, paused, failure, browser and compare: three runs, two of the demo and one that fails."""
     for name, lr in (("demo-lr3e-3", "3e-3"), ("demo-lr1e-3", "1e-3")):
         traindeck("run", "--detach", "--root-dir", str(root), "--name", name, str(DEMO), "--max-steps", "450",
                   "--lr", lr)
@@ -121,6 +124,53 @@ def main() -> None:
         save(pilot.app, "compare")
 
     asyncio.run(shoot(None, None, root, browser))
+
+
+def sweep(root: Path) -> None:
+    """sweep: six trials of the demo, two at a time, taken once three are complete and two run (or at its end)."""
+    traindeck("sweep", "--detach", "--root-dir", str(root), "--name", "demo-sweep", "--trials", "6", "--parallel",
+              "2", "--seed", "1", "--param", "lr=log:3e-4:3e-2", "--param", "batch_size=cat:32,64,128",
+              "--metric", "val/acc", "--direction", "maximize", str(DEMO), "--max-steps", "150")
+    sweep_dir = root / "demo-sweep"
+
+    def summary() -> dict[str, Any]:
+        try:
+            return json.loads((sweep_dir / "sweep.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    wait(summary, "the sweep to start")
+
+    async def trials(pilot: Any) -> None:
+        screen = pilot.app.screen
+
+        def ready() -> bool:  # some trials complete and two running; or, had that passed unseen, the sweep over
+            states = [t.get("state") for t in (screen.summary or {}).get("trials") or []]
+            return (states.count("complete") >= 3 and states.count("running") == 2) or \
+                (screen.summary or {}).get("state") not in (None, "running")
+
+        await until(pilot, ready, timeout=300.0)
+        await pilot.pause(1.5)
+        save(pilot.app, "sweep")
+
+    asyncio.run(shoot(None, None, root, trials, sweep_dir=sweep_dir))
+    wait(lambda: summary().get("state") not in (None, "running"), "the sweep to end")
+
+
+PARTS = {"runs": runs, "sweep": sweep}
+
+
+def main() -> None:
+    wanted = sys.argv[1:] or list(PARTS)
+    if not set(wanted) <= set(PARTS):
+        raise SystemExit(f"usage: {Path(__file__).name} [runs] [sweep]  (default: both; runs makes dashboard, "
+                         "paused, failure, browser and compare)")
+    root = Path(tempfile.mkdtemp(prefix="traindeck-shots-")) / "runs"
+    os.environ["TRAINDECK_SOCKET_DIR"] = tempfile.mkdtemp(prefix="td-shots-")
+    os.environ["TRAINDECK_LINGER_S"] = "0.3"
+    for part in PARTS:  # in this order: the browser picture shows only the three runs
+        if part in wanted:
+            PARTS[part](root)
 
 
 if __name__ == "__main__":

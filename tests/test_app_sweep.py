@@ -140,6 +140,20 @@ def test_a_new_complete_trial_in_sweep_json_takes_its_place_and_the_cursor_stays
     drive(sweep_app(sweep_dir), body)
 
 
+def test_a_cursor_on_the_top_row_follows_the_new_best_trial(tmp_path: Path) -> None:
+    sweep_dir = fabricated_sweep(tmp_path / "runs")
+
+    async def body(pilot: Pilot) -> None:
+        assert cursor_trial(pilot) == "1"
+        summary = json.loads((sweep_dir / "sweep.json").read_text())
+        summary["trials"][6].update(state="complete", value=0.0999, duration_s=90.0, last=None)
+        write_sweep(sweep_dir, summary["trials"])
+        await until(pilot, lambda: table_rows(pilot)[0][0] == "★ 6", timeout=5, what="trial 6 ranked first")
+        assert cursor_trial(pilot) == "6"
+
+    drive(sweep_app(sweep_dir), body)
+
+
 def test_keys_on_a_trial_that_is_not_live_say_so(tmp_path: Path) -> None:
     sweep_dir = fabricated_sweep(tmp_path / "runs")
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from engine._errors import SweepError
-from engine._sweep._driver import SweepConfig, SweepDriver, SweepResult
 from engine._sweep._space import Param, parse_space
 from engine._sweep._trial import current_trial, run_trial, trial_params
+
+if TYPE_CHECKING:
+    from engine._sweep._driver import SweepResult
 
 __all__ = ["Param", "SweepResult", "sweep", "trial_params"]
 
@@ -48,6 +50,8 @@ def sweep(
     names to specs (``"log:1e-4:1e-1"``, ``"int:32:256"``, ``"cat:adam,sgd"``) or lists of choices;
     ``pruner`` and ``sampler`` take a spec (see ``traindeck sweep --help``) or an Optuna object.
     """
+    from engine._sweep._driver import SweepConfig, SweepDriver
+
     if current_trial() is not None:
         run_trial(objective, trainer_kwargs or {})
         raise SystemExit(0)
@@ -60,3 +64,11 @@ def sweep(
                          root_dir=Path(root_dir), storage=storage, study=study, pruner=pruner, sampler=sampler,
                          seed=seed, parallel=parallel, devices=devices, resume=resume)
     return SweepDriver(config).run()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SweepResult":  # the driver (and the socket client) load only when a sweep runs
+        from engine._sweep._driver import SweepResult
+
+        return SweepResult
+    raise AttributeError(f"module 'engine._sweep' has no attribute {name!r}")

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from engine.runs import TERMINAL_STATES, RunInfo, load_run
-from engine.supervisor._tail import FileTail
+from engine.supervisor._tail import FileTail, last_lines
 
 __all__ = ["TrialWatch"]
 
@@ -85,5 +85,12 @@ class TrialWatch:
                 text = (self.run_dir / "failures" / f"rank{rank}.txt").read_text(errors="replace").strip()
             except OSError:
                 pass
-        text = text or str(failure.get("message") or run.reason or f"the run ended {run.state}")
+        text = text or self._traceback_in_log(rank or 0) or str(failure.get("message") or run.reason
+                                                                 or f"the run ended {run.state}")
         return text[-MAX_ERROR_CHARS:]
+
+    def _traceback_in_log(self, rank: int) -> str:
+        """The last traceback in the rank's log: a script that fails before the Trainer writes none of its own."""
+        lines = last_lines(self.run_dir / "logs" / f"rank{rank}.log", 200)
+        starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+        return "\n".join(lines[starts[-1]:]).strip() if starts else ""

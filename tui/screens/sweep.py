@@ -170,7 +170,8 @@ class SweepScreen(Screen[None]):
             self._fill_table(summary)
 
     def _fill_table(self, summary: dict[str, Any]) -> None:
-        """Rows best first; only changed cells are rewritten, and a new order keeps the cursor on its trial."""
+        """Rows best first; only changed cells are rewritten. In a new order a cursor on the top row
+        stays on top (the best trial), one the user moved down stays on its trial."""
         table = self.query_one("#trials", DataTable)
         params = param_names(summary)
         if params != self._params:
@@ -188,7 +189,7 @@ class SweepScreen(Screen[None]):
         rows = {str(t.get("number")): trial_cells(t, params, best is not None and t.get("number") == best_number, now,
                                                   color) for t in ranked_trials(summary)}
         if list(rows) != [row.key.value for row in table.ordered_rows]:
-            selected = self._selected_key()
+            selected = self._selected_key() if table.cursor_row > 0 else None
             table.clear()
             for key, cells in rows.items():
                 table.add_row(*(Text(text, style) for text, style in cells), key=key)

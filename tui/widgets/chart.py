@@ -217,12 +217,26 @@ def _legend(history: MetricHistory, names: Sequence[str], options: ChartOptions,
     return legend
 
 
+def _columns(history: MetricHistory, name: str, first: int, last: int, cols: int) -> list[Column]:
+    """``name``'s (min, max, last) per column; fewer steps than columns are spread edge to edge."""
+    span = last - first + 1
+    if span >= cols or span < 2:
+        return history.columns(name, first, last, cols)
+    spread: list[Column] = [None] * cols
+    for j, column in enumerate(history.columns(name, first, last, span)):
+        spread[j * (cols - 1) // (span - 1)] = column
+    return spread
+
+
 def _x_axis(first: int, last: int, cols: int) -> str:
-    """An axis line of ``cols`` cells with the first, middle and last step written into it."""
+    """An axis line of ``cols`` cells with the first, middle and last step written where `_columns` puts them."""
     axis = ["─"] * cols
     left, right = _step_label(first), _step_label(last)
-    mid_col = cols // 2
-    middle = _step_label(first + mid_col * (last - first + 1) // cols)
+    mid_col, span = cols // 2, last - first + 1
+    if 2 <= span < cols:
+        middle = _step_label(first + round(mid_col * (span - 1) / (cols - 1)))
+    else:
+        middle = _step_label(first + mid_col * span // cols)
     placed = [(0, left)]
     if last > first and len(left) + len(right) + 1 <= cols:
         placed.append((cols - len(right), right))
@@ -248,7 +262,7 @@ def render_chart(history: MetricHistory, names: Sequence[str], width: int, heigh
     first, last = min(r[0] for r in ranges), max(r[1] for r in ranges)
     if options.window is not None and options.window > 0:
         first = max(first, last - options.window + 1)
-    series = [history.columns(name, first, last, max(1, width - 8)) for name in names]
+    series = [_columns(history, name, first, last, max(1, width - 8)) for name in names]
     scale = _Scale(series, options.log_scale, 4 * max(rows, 1))
     if scale.hidden:
         notes.append("≤0 hidden")
@@ -261,7 +275,7 @@ def render_chart(history: MetricHistory, names: Sequence[str], width: int, heigh
         labels, label_width = {}, -1
     cols = width - label_width - 1
     if cols != len(series[0]):
-        series = [history.columns(name, first, last, cols) for name in names]
+        series = [_columns(history, name, first, last, cols) for name in names]
     canvases = [_draw_series(s, scale, rows, min(max(options.smoothing, 0.0), 0.999)) for s in series]
     lines = [_legend(history, names, options, notes)]
     for r, plot in enumerate(_plot_rows(canvases, rows, cols, options)):
