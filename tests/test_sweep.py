@@ -59,7 +59,7 @@ def finished_sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One 6-trial sweep, 2 trials at a time, run once for the tests that read its results."""
     cwd = tmp_path_factory.mktemp("sweep")
     env = {**os.environ, "TRAINDECK_SOCKET_DIR": str(tmp_path_factory.mktemp("sockets")),
-           "TRAINDECK_LINGER_S": "0.3"}
+           "TRAINDECK_LINGER_S": "0.3", "CUDA_VISIBLE_DEVICES": "3,5"}
     run = subprocess.run([sys.executable, "-m", "tui.cli", "sweep", "--name", "search", "--trials", "6",
                           "--parallel", "2", "--seed", "3", "--pruner", "none", *SPACE, str(TRAIN), "--epochs", "2"],
                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
@@ -97,6 +97,19 @@ def test_parallel_runs_that_many_trials_at_once_and_no_more(finished_sweep: dict
         spans.append((events[0]["time"], next(e["time"] for e in events if e["event"] == "finished")))
     overlap = max(sum(1 for start, end in spans if start <= moment < end) for moment, _ in spans)
     assert overlap == 2
+
+
+def test_parallel_trials_each_get_their_own_visible_gpus(finished_sweep: dict[str, Any]) -> None:
+    spans = {}
+    for trial in finished_sweep["summary"]["trials"]:
+        record = read_run_file(trial["run_dir"])
+        events = [json.loads(line) for line in (Path(trial["run_dir"]) / "events.jsonl").read_text().splitlines()]
+        spans[record["env"]["CUDA_VISIBLE_DEVICES"], trial["number"]] = (
+            events[0]["time"], next(e["time"] for e in events if e["event"] == "finished"))
+    assert {gpu for gpu, _ in spans} == {"3", "5"}
+    for (gpu, number), (start, end) in spans.items():
+        assert not any(other_gpu == gpu and other != number and start < other_end and other_start < end
+                       for (other_gpu, other), (other_start, other_end) in spans.items())
 
 
 def test_sweep_show_prints_the_best_parameters_and_the_trials_best_first(finished_sweep: dict[str, Any]) -> None:
@@ -196,3 +209,11 @@ def test_a_killed_drivers_running_trial_is_followed_again_on_resume(env: dict[st
     result = traindeck("sweep", "--resume", "--name", "orphan")
     assert "trial 0 left running by an earlier driver: following it again" in result.stderr
     assert [t["state"] for t in summary("orphan")["trials"]] == ["complete", "complete"]
+
+
+def test_a_detached_sweep_runs_on_after_the_command_returns(env: dict[str, str]) -> None:
+    result = traindeck("sweep", "--detach", "--name", "bg", "--trials", "1", "--param", "lr=log:1e-3:0.5",
+                       str(TRAIN), "--epochs", "1", timeout=30)
+    assert "traindeck sweep show bg" in result.stderr
+    wait_for(lambda: (summary("bg") or {}).get("state") == "finished", 120, "the detached sweep to finish")
+    assert "trial 0 complete" in Path("runs/bg/driver.log").read_text()

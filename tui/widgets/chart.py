@@ -232,11 +232,14 @@ def _x_axis(first: int, last: int, cols: int) -> str:
     """An axis line of ``cols`` cells with the first, middle and last step written where `_columns` puts them."""
     axis = ["─"] * cols
     left, right = _step_label(first), _step_label(last)
-    mid_col, span = cols // 2, last - first + 1
+    span = last - first + 1
     if 2 <= span < cols:
-        middle = _step_label(first + round(mid_col * (span - 1) / (cols - 1)))
+        mid_step = first + (span - 1) // 2
+        mid_col = (mid_step - first) * (cols - 1) // (span - 1)
     else:
-        middle = _step_label(first + mid_col * span // cols)
+        mid_col = cols // 2
+        mid_step = first + mid_col * span // cols
+    middle = _step_label(mid_step)
     placed = [(0, left)]
     if last > first and len(left) + len(right) + 1 <= cols:
         placed.append((cols - len(right), right))
