@@ -4,9 +4,17 @@ decision that every rank applies at the same step.
 At a control point rank 0 takes the commands its supervisor forwarded and refuses the bad
 ones; one all-reduce on the gloo control group merges everyone's flags (and rank 0's "I
 have commands"); only then are the commands themselves broadcast. Control points are
-spaced by time (``ControlPoint``). A pause never waits inside a collective: paused ranks
-poll the rendezvous store, so it may outlast the process-group timeout. Without a
-supervisor and a group, ``due`` is always False and nothing here runs.
+spaced by time (``ControlPoint``), and ``agree_now`` adds one at fit start and at every
+epoch end. A pause never waits inside a collective: paused ranks poll the rendezvous
+store, so it may outlast the process-group timeout. Without a supervisor and a group,
+``due`` is always False and nothing here runs.
+
+A stop is first *requested*, on any rank and for any reason (``trainer.should_stop`` set by
+a callback or the user, ``max_time`` reached); a preemption signal likewise reaches one rank
+at a time. In a group neither ends the loop until it is *agreed*: the next control point
+carries it to every rank, which then set ``stop_agreed`` / ``preempt_agreed`` together and
+leave at the same step (a rank leaving alone would hang its peers in the next DDP
+all-reduce). In one process a request is its own agreement, checked after every batch.
 """
 
 from __future__ import annotations
@@ -39,6 +47,17 @@ class Controller:
         self._progress_batches = 0
         self._progress_time = 0.0
         self._step_time: float | None = None
+        self.stop_agreed = False
+        self.preempt_agreed = False
+
+    @property
+    def grouped(self) -> bool:
+        """Whether decisions need every rank's agreement (a group of more than one process)."""
+        return self.point is not None
+
+    def begin_fit(self) -> None:
+        """Forget the previous fit's decisions."""
+        self.stop_agreed = self.preempt_agreed = False
 
     def due(self, total_batches: int) -> bool:
         if self.point is not None:
@@ -52,15 +71,29 @@ class Controller:
         trainer = self.trainer
         commands = self._accepted(self.channel.take_commands()) if self.channel and trainer.global_rank == 0 else []
         if self.point is not None:
-            local = [int(trainer.should_stop), int(trainer._preemption.received is not None), int(bool(commands))]
+            local = [int(trainer._stop_requested()), int(trainer._preemption.received is not None),
+                     int(bool(commands))]
             stop, preempt, shared = self.point.agree(trainer.loop.total_batches, local)
-            trainer.should_stop = bool(stop)
-            if preempt and trainer._preemption.received is None:
-                trainer._preemption.received = "a peer rank's signal"
+            if stop:
+                trainer.should_stop = self.stop_agreed = True
+            if preempt:
+                self.preempt_agreed = True
+                if trainer._preemption.received is None:
+                    trainer._preemption.received = "a peer rank's signal"
             if shared:
                 commands = self.point.share(commands)
         for command in commands:
             self._apply(command)
+
+    def agree_now(self) -> None:
+        """A control point off the time schedule, where every rank is anyway (fit start, each epoch end).
+
+        It makes decisions taken there (EarlyStopping at a training epoch's end, a callback's
+        ``should_stop`` in ``on_train_epoch_end``) take effect on every rank at once. In one
+        process it does nothing.
+        """
+        if self.point is not None:
+            self.at_control_point()
 
     def _accepted(self, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The commands rank 0 can apply; the others are answered with an error at once."""
@@ -106,7 +139,7 @@ class Controller:
         elif action == "checkpoint":
             self._checkpoint(command)
         elif action == "stop":
-            trainer.should_stop = True
+            trainer.should_stop = self.stop_agreed = True  # applied by every rank at this same step
             self.state = "stopping"
             if args.get("checkpoint", True):
                 self._checkpoint(command)
@@ -174,6 +207,7 @@ class Controller:
             decisions += 1
             for command in batch:
                 if command["action"] == "preempt":
+                    self.preempt_agreed = True
                     if trainer._preemption.received is None:
                         trainer._preemption.received = "a peer rank's signal"
                     self.state = "running"

@@ -208,6 +208,8 @@ class Trainer(TrainerCheckpoints):
             if rng_state is not None:
                 restore_rng(rng_state)
             self._hooks("on_train_start")
+            self._controller.begin_fit()
+            self._controller.agree_now()
             while not self._fit_done():
                 self._run_train_epoch()
             self._controller.progress(force=True)
@@ -394,8 +396,8 @@ class Trainer(TrainerCheckpoints):
         return broadcast_object(obj, src)
 
     def _record_failure(self, exc: BaseException) -> None:
-        """Leave the traceback where the launcher and torchrun report it."""
-        if self.world_size == 1 or isinstance(exc, (SystemExit, KeyboardInterrupt)):
+        """Leave the traceback where the launcher, torchrun and the supervisor report it."""
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
             return
         write_failure(self.run_dir, self.global_rank, exc)
 
@@ -403,10 +405,25 @@ class Trainer(TrainerCheckpoints):
 
     def _fit_done(self) -> bool:
         c = self.config
-        return (self.should_stop
+        return (self._stop_agreed()
                 or (c.max_epochs is not None and self.loop.epoch >= c.max_epochs)
-                or (c.max_steps is not None and self.loop.global_step >= c.max_steps)
-                or self._time_up())
+                or (c.max_steps is not None and self.loop.global_step >= c.max_steps))
+
+    def _stop_requested(self) -> bool:
+        """This rank asks to stop: ``should_stop`` (a callback, the user, a stop command) or max_time."""
+        return self.should_stop or self._time_up()
+
+    def _stop_agreed(self) -> bool:
+        """Whether to leave the loop now: in one process on any request; in a group only once every
+        rank agreed at a control point (``engine._control``), so that all leave at the same step."""
+        if self._controller.grouped:
+            return self._controller.stop_agreed
+        return self._stop_requested()
+
+    def _preempt_agreed(self) -> bool:
+        if self._controller.grouped:
+            return self._controller.preempt_agreed
+        return self._preemption.received is not None
 
     def _time_up(self) -> bool:
         limit = self.config.max_time_s
@@ -432,9 +449,9 @@ class Trainer(TrainerCheckpoints):
                 self._run_validation()
             if self._controller.due(self.loop.total_batches):
                 self._controller.at_control_point()
-            if self._preemption.received:
+            if self._preempt_agreed():
                 self._exit_preempted()
-            if self.should_stop or self._steps_reached() or self._time_up():
+            if self._stop_agreed() or self._steps_reached():
                 finished = self.loop.batches_done >= self._num_train_batches
                 break
         if self.loop.accumulated and finished:
@@ -571,6 +588,7 @@ class Trainer(TrainerCheckpoints):
             self._step_schedulers("epoch")
             self.loop.epoch_finished = True
         self._hooks.callbacks("on_train_epoch_end")
+        self._controller.agree_now()
         if finished:
             self.loop.next_epoch()
 

@@ -114,6 +114,12 @@ def _config(tmp_path: Path, **overrides: object) -> SweepConfig:
     return SweepConfig(**fields)
 
 
+def test_without_optuna_a_sweep_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    with pytest.raises(SweepError, match=r"pip install 'traindeck\[sweep\]'"):
+        SweepDriver(_config(tmp_path))
+
+
 def test_an_unreachable_storage_is_a_clear_error_and_leaves_no_sweep(tmp_path: Path) -> None:
     driver = SweepDriver(_config(tmp_path, storage=f"sqlite:///{tmp_path}/missing/dir/study.db"))
     with pytest.raises(SweepError, match="cannot open storage sqlite:///.*unable to open database file"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib
 import json
 import os
 import shutil
@@ -132,6 +133,11 @@ class SweepDriver:
     """Runs ``config.n_trials`` trials of one Optuna study, ``config.parallel`` at a time."""
 
     def __init__(self, config: SweepConfig) -> None:
+        try:
+            importlib.import_module("optuna")
+        except ImportError:
+            raise SweepError("sweeps need Optuna, which is not installed: pip install 'traindeck[sweep]' "
+                             "(or pip install optuna)") from None
         if config.n_trials < 1 or config.parallel < 1 or config.devices < 1:
             raise SweepError(f"--trials {config.n_trials}, --parallel {config.parallel}, --devices {config.devices}: "
                              "each must be at least 1")

@@ -16,7 +16,9 @@ class EarlyStopping(Callback):
     """Sets ``trainer.should_stop`` after ``patience`` checks without an improvement of ``min_delta``.
 
     Checks after each validation (or each training epoch when there is no validation).
-    With ``check_finite`` a NaN/Inf value stops at once.
+    With ``check_finite`` a NaN/Inf value stops at once. In a group each rank checks its
+    own value; the ranks agree right after the check, so if any rank stops, all stop
+    there together.
     """
 
     def __init__(self, monitor: str, min_delta: float = 0.0, patience: int = 3, mode: str = "min",
