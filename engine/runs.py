@@ -23,7 +23,7 @@ from engine._errors import TraindeckError
 from engine.supervisor._paths import read_pointers
 
 __all__ = ["RUN_FILE", "TERMINAL_STATES", "RunInfo", "RunNotFound", "list_runs", "load_run", "read_run_file",
-           "resolve_run", "supervisor_alive", "tail_offset", "update_run_file", "write_run_file"]
+           "resolve_run", "supervisor_alive", "tail_offset", "update_run_file", "write_json_file", "write_run_file"]
 
 RUN_FILE = "run.json"
 TERMINAL_STATES = frozenset({"finished", "failed", "stopped", "killed"})
@@ -86,19 +86,24 @@ def read_run_file(run_dir: str | Path) -> dict[str, Any] | None:
 def write_run_file(run_dir: str | Path, record: dict[str, Any]) -> dict[str, Any]:
     """Replace ``run.json`` atomically with ``record`` plus ``updated`` (now); returns what was written."""
     record = {**record, "updated": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{RUN_FILE}.", suffix=".tmp")
+    write_json_file(Path(run_dir) / RUN_FILE, record)
+    return record
+
+
+def write_json_file(path: Path, record: dict[str, Any]) -> None:
+    """Write ``record`` as indented JSON to a temp file, fsync it, and rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(json.dumps(record, indent=2, default=str) + "\n")
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
-        os.replace(tmp, Path(run_dir) / RUN_FILE)
+        os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    return record
 
 
 def update_run_file(run_dir: str | Path, **fields: Any) -> dict[str, Any]:

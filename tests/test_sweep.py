@@ -13,7 +13,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +21,11 @@ import pytest
 
 from engine._sweep._summary import read_summary
 from engine.runs import read_run_file
+from tests.test_supervisor import traindeck, wait_for
 
 SCRIPTS = Path(__file__).parent / "scripts"
 TRAIN = SCRIPTS / "sweep_train.py"
 SPACE = ["--param", "lr=log:1e-3:0.5", "--param", "hidden=int:4:32", "--param", "opt=cat:adam,sgd"]
-
-
-def traindeck(*args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, "-m", "tui.cli", *args], capture_output=True, text=True,
-                            timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"traindeck {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
-    return result
 
 
 def summary(name: str, root: str = "runs") -> dict[str, Any]:
@@ -42,16 +34,6 @@ def summary(name: str, root: str = "runs") -> dict[str, Any]:
 
 def states(name: str) -> dict[int, str]:
     return {t["number"]: t["state"] for t in summary(name)["trials"]}
-
-
-def wait_for(predicate: Any, timeout: float = 90.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +117,8 @@ def test_the_python_api_prunes_a_bad_trial_at_the_next_step(env: dict[str, str])
 
 
 def test_a_crashed_trial_is_failed_with_its_traceback_and_the_sweep_goes_on(env: dict[str, str]) -> None:
-    result = traindeck("sweep", "--name", "crash", "--trials", "2", "--param", "fail=cat:true", str(TRAIN))
+    result = traindeck("sweep", "--name", "crash", "--trials", "2", "--param", "fail=cat:true", str(TRAIN),
+                       timeout=180)
     trials = summary("crash")["trials"]
     assert [t["state"] for t in trials] == ["failed", "failed"]
     assert "Traceback" in trials[0]["error"] and "RuntimeError: this trial fails on purpose" in trials[0]["error"]
@@ -144,7 +127,7 @@ def test_a_crashed_trial_is_failed_with_its_traceback_and_the_sweep_goes_on(env:
 
 def test_a_metric_the_script_never_logs_is_named_with_the_ones_it_does(env: dict[str, str]) -> None:
     result = traindeck("sweep", "--name", "typo", "--trials", "3", "--metric", "val/acc", "--param",
-                       "lr=log:1e-3:0.5", str(TRAIN), "--epochs", "5", check=False)
+                       "lr=log:1e-3:0.5", str(TRAIN), "--epochs", "5", check=False, timeout=180)
     assert result.returncode == 2
     assert "never logs 'val/acc'" in result.stderr and "train/loss, val/loss" in result.stderr
     assert list(states("typo").values()) == ["failed"]
@@ -163,7 +146,7 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(env: dict[str, str]) -> N
     assert states("long") == {0: "complete", 1: "interrupted", 2: "waiting"}
     assert interrupted["trials"][2]["params"] == interrupted["trials"][1]["params"]
 
-    traindeck("sweep", "--resume", "--name", "long")
+    traindeck("sweep", "--resume", "--name", "long", timeout=180)
     trials = summary("long")["trials"]
     assert summary("long")["state"] == "finished"
     assert [t["state"] for t in trials] == ["complete", "interrupted", "complete", "complete"]
@@ -187,7 +170,7 @@ def test_two_sweep_processes_share_one_sqlite_study(env: dict[str, str]) -> None
 
 def test_a_pruned_two_device_trial_stops_every_rank_at_the_same_step(env: dict[str, str]) -> None:
     traindeck("sweep", "--name", "ddp", "--trials", "1", "--devices", "2", "--pruner", "threshold:upper=50",
-              "--param", "offset=cat:100", str(TRAIN), "--epochs", "20", "--sleep", "0.02")
+              "--param", "offset=cat:100", str(TRAIN), "--epochs", "20", "--sleep", "0.02", timeout=180)
     trial = summary("ddp")["trials"][0]
     assert trial["state"] == "pruned"
     logs = Path(trial["run_dir"]) / "logs"
@@ -206,7 +189,7 @@ def test_a_killed_drivers_running_trial_is_followed_again_on_resume(env: dict[st
     driver.wait()
     assert summary("orphan")["state"] == "interrupted"
 
-    result = traindeck("sweep", "--resume", "--name", "orphan")
+    result = traindeck("sweep", "--resume", "--name", "orphan", timeout=180)
     assert "trial 0 left running by an earlier driver: following it again" in result.stderr
     assert [t["state"] for t in summary("orphan")["trials"]] == ["complete", "complete"]
 

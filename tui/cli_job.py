@@ -292,7 +292,8 @@ def add_job_commands(sub: Any) -> None:
     resume.set_defaults(func=cmd_resume)
 
     attach = sub.add_parser("attach", help=cmd_attach.__doc__, description=cmd_attach.__doc__)
-    attach.add_argument("run", nargs="?", help="run or sweep name, or a unique run prefix (default: the one live run)")
+    attach.add_argument("run", nargs="?",
+                        help="run or sweep name, or a unique run prefix (default: the one live run)")
     attach.add_argument("--root-dir", default="runs", help="where run directories live (default: runs)")
     attach.set_defaults(func=cmd_attach)
 

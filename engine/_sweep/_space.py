@@ -1,4 +1,4 @@
-"""The search space: declared once as ``NAME=KIND:ARGS`` specs (CLI) or a dict (Python), turned into Optuna distributions.
+"""The search space, declared once as ``NAME=KIND:ARGS`` specs (CLI) or a dict (Python); Optuna distributions.
 
 Kinds: ``float:LOW:HIGH[:STEP]``, ``log:LOW:HIGH`` (log-uniform float), ``int:LOW:HIGH[:STEP]``,
 ``logint:LOW:HIGH``, ``cat:A,B,C``. Parsing needs no Optuna, so bad input fails before anything starts.

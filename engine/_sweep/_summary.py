@@ -6,15 +6,15 @@ torch. Format in docs/sweeps.md.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import socket
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from engine.runs import write_json_file
 
 __all__ = ["SUMMARY_FILE", "TRIAL_STATES", "best_trial", "find_sweep", "list_sweeps", "pid_alive", "read_summary",
            "ranked_trials", "write_summary"]
@@ -58,17 +58,7 @@ def pid_alive(pid: Any) -> bool:
 def write_summary(sweep_dir: str | Path, summary: dict[str, Any]) -> None:
     """Replace ``sweep.json`` atomically, stamping ``updated``."""
     summary["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    fd, tmp = tempfile.mkstemp(dir=sweep_dir, prefix=f".{SUMMARY_FILE}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2, default=str)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, Path(sweep_dir) / SUMMARY_FILE)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_json_file(Path(sweep_dir) / SUMMARY_FILE, summary)
 
 
 def ranked_trials(summary: dict[str, Any]) -> list[dict[str, Any]]:
