@@ -1,13 +1,15 @@
-"""Snapshots of the cockpit's main screens at 80×24 and 120×40, from a run directory built by hand."""
+"""Snapshots of the cockpit's main screens at 80×24 and 120×40, from run directories built by hand."""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
 
+from tests.test_app_sweep import NOW, fabricated_sweep
 from tui.app import TraindeckApp
 
 SIZES = [(80, 24), (120, 40)]
@@ -50,3 +52,20 @@ def test_run_screen_of_a_failed_run(snap_compare, tmp_path: Path, size: tuple[in
 def test_help_screen_lists_the_keys(snap_compare, tmp_path: Path) -> None:
     app = TraindeckApp(failed_run(tmp_path), None)
     assert snap_compare(app, terminal_size=(80, 24), press=["question_mark"])
+
+
+@pytest.mark.parametrize("size", SIZES, ids=["80x24", "120x40"])
+def test_run_browser_lists_sweeps_and_runs(snap_compare, tmp_path: Path, size: tuple[int, int],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRAINDECK_SOCKET_DIR", str(tmp_path / "no-live-runs"))
+    monkeypatch.chdir(tmp_path)
+    root = Path("runs")
+    failed_run(root)
+    finished = json.loads((root / "snap-run" / "run.json").read_text())
+    shutil.copytree(root / "snap-run", root / "baseline")
+    (root / "baseline" / "run.json").write_text(json.dumps({**finished, "name": "baseline", "state": "finished",
+                                                            "exit_status": 0, "failure": None,
+                                                            "created": "2025-12-31T20:00:00Z"}))
+    fabricated_sweep(root)
+    app = TraindeckApp(None, None, root_dir=root, clock=NOW.timestamp)
+    assert snap_compare(app, terminal_size=size, run_before=lambda pilot: pilot.pause(0.5))

@@ -26,11 +26,11 @@ _BLOCK = 64 * 1024
 _MAX_LINE = 1024 * 1024
 
 
-def age(created: datetime | None) -> str:
-    """How long ago ``created`` was, in the unit that reads best ("45 s", "3 min", "2 h", "3 days")."""
+def age(created: datetime | None, now: datetime | None = None) -> str:
+    """How long before ``now`` ``created`` was, in the unit that reads best ("45 s", "3 min", "2 h", "3 days")."""
     if created is None:
         return "-"
-    seconds = max(0.0, (datetime.now(timezone.utc) - created).total_seconds())
+    seconds = max(0.0, ((now or datetime.now(timezone.utc)) - created).total_seconds())
     for limit, unit, name in ((120, 1, "s"), (7200, 60, "min"), (172800, 3600, "h"), (float("inf"), 86400, "days")):
         if seconds < limit:
             return f"{seconds / unit:.0f} {name}"

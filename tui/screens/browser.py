@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -40,7 +40,7 @@ def best_value(run_dir: Path) -> tuple[str, float] | None:
     return name, best[name]
 
 
-def sweep_cells(summary: dict[str, Any] | None) -> tuple[str, str, str, str]:
+def sweep_cells(summary: dict[str, Any] | None, now: datetime) -> tuple[str, str, str, str]:
     """A sweep's state, trials done/total, best objective and age, for its row among the runs."""
     if summary is None:
         return "sweep ?", "–", "–", "-"
@@ -51,7 +51,7 @@ def sweep_cells(summary: dict[str, Any] | None) -> tuple[str, str, str, str]:
     except (TypeError, ValueError):
         created = None
     return (f"sweep {summary.get('state', '?')}", f"{trial_counts(summary)['done']}/{summary.get('n_trials', '?')}",
-            f"{summary.get('metric')} {format_value(best.get('value'), 4)}" if best else "–", age(created))
+            f"{summary.get('metric')} {format_value(best.get('value'), 4)}" if best else "–", age(created, now))
 
 
 class BrowserScreen(Screen[None]):
@@ -90,8 +90,9 @@ class BrowserScreen(Screen[None]):
         self.runs = list_runs(self.root_dir)
         self.sweeps = {f"sweep:{path}": path for path in list_sweeps(self.root_dir)}
         known = {str(row.value) for row in table.rows}
+        now = datetime.fromtimestamp(self.app.clock(), timezone.utc)
         for key, path in self.sweeps.items():
-            cells = (" ", f"{path.name}/", *sweep_cells(read_summary(path)))
+            cells = (" ", f"{path.name}/", *sweep_cells(read_summary(path), now))
             if key in known:
                 for column, value in zip(("mark", "name", "state", "step", "best", "age"), cells):
                     table.update_cell(key, column, value)
@@ -100,7 +101,7 @@ class BrowserScreen(Screen[None]):
         for run in self.runs:
             key = str(run.run_dir)
             cells = ("*" if key in self.marked else " ", run.name, run.state.upper() if run.live else run.state,
-                     "–" if run.step is None else str(run.step), None, age(run.created))
+                     "–" if run.step is None else str(run.step), None, age(run.created, now))
             if key in known:
                 for column, value in zip(("mark", "name", "state", "step", "age"), cells[:4] + cells[5:]):
                     table.update_cell(key, column, value)
