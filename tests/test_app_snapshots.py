@@ -8,9 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from textual.pilot import Pilot
 
+from tests.test_app import drive
 from tests.test_app_sweep import NOW, fabricated_sweep
 from tui.app import TraindeckApp
+from tui.widgets.chart import MetricChart
 
 SIZES = [(80, 24), (120, 40)]
 
@@ -69,3 +72,33 @@ def test_run_browser_lists_sweeps_and_runs(snap_compare, tmp_path: Path, size: t
     fabricated_sweep(root)
     app = TraindeckApp(None, None, root_dir=root, clock=NOW.timestamp)
     assert snap_compare(app, terminal_size=size, run_before=lambda pilot: pilot.pause(0.5))
+
+
+def run_with_lr(root: Path) -> Path:
+    """The failed run, with a learning rate logged as well: two metric groups to chart."""
+    run_dir = failed_run(root)
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        for step in range(0, 401, 40):
+            f.write(json.dumps({"step": step, "time": 1.0e9 + step, "metrics": {"lr": 0.1 * 0.99 ** step}}) + "\n")
+    return run_dir
+
+
+def test_a_pinned_chart_keeps_its_metrics_while_m_moves_the_main_chart(tmp_path: Path) -> None:
+    async def body(pilot: Pilot) -> None:
+        charts = lambda: [chart.names for chart in pilot.app.screen.query(MetricChart)]  # noqa: E731
+        assert charts() == [("train/loss", "val/loss")]
+        await pilot.press("plus")
+        await pilot.pause()
+        assert charts() == [("train/loss", "val/loss"), ("lr",)]
+        await pilot.press("m")
+        assert charts() == [("train/loss", "val/loss"), ("train/loss", "val/loss")]
+        await pilot.press("minus")
+        await pilot.pause()
+        assert len(charts()) == 1
+
+    drive(TraindeckApp(run_with_lr(tmp_path), None), body)
+
+
+def test_run_screen_with_a_pinned_chart(snap_compare, tmp_path: Path) -> None:
+    app = TraindeckApp(run_with_lr(tmp_path), None)
+    assert snap_compare(app, terminal_size=(120, 40), press=["plus"], run_before=lambda pilot: pilot.pause(0.5))

@@ -155,6 +155,7 @@ HELP = """\
 | `r` | resume a stopped or failed run from its last checkpoint |
 | `m` | next metric on the main chart; `M` previous |
 | `g` | smoothing; `o` log scale; `w` window (all / last 1000 / last 100 steps) |
+| `+` / `-` | pin the main chart's metrics on a chart of their own (up to 3) / remove the last pinned chart |
 | `tab` / `shift+tab` | move between panes |
 | `/` | search the logs; `n` / `N` next / previous |
 | `b` | the run browser |

@@ -29,6 +29,7 @@ __all__ = ["RunScreen"]
 WINDOWS = (None, 1000, 100)
 SMOOTHING = (0.0, 0.6, 0.9)
 COMPACT_WIDTH = 110
+MAX_PINNED = 3
 
 
 def _fmt(value: Any) -> str:
@@ -43,7 +44,8 @@ class RunScreen(Screen[None]):
     #body { height: 1fr; }
     #left { width: 1fr; }
     #right { width: 50; }
-    #chart { height: 1fr; min-height: 6; }
+    #charts { height: 1fr; }
+    #charts MetricChart { height: 1fr; min-height: 5; }
     #metrics { height: auto; max-height: 8; }
     #bottom { height: 45%; min-height: 7; }
     RunScreen.-compact #right { display: none; }
@@ -58,7 +60,8 @@ class RunScreen(Screen[None]):
         Binding("n", "search_next", "Next match", show=False), Binding("N", "search_previous", "Previous", show=False),
         Binding("m", "next_metric", "Metric"), Binding("M", "previous_metric", show=False),
         Binding("g", "smoothing", "Smooth", show=False), Binding("o", "log_scale", "Log scale", show=False),
-        Binding("w", "window", "Window", show=False), Binding("escape", "back", "Back", show=False),
+        Binding("w", "window", "Window", show=False), Binding("plus", "pin_chart", "Pin chart", show=False),
+        Binding("minus", "unpin_chart", "Unpin chart", show=False), Binding("escape", "back", "Back", show=False),
     ]
 
     def __init__(self, run_dir: Path, socket: str | None) -> None:
@@ -73,6 +76,8 @@ class RunScreen(Screen[None]):
         self._events_shown = 0
         self._search: str | None = None
         self._chart_drawn = 0.0
+        self._pinned: list[tuple[str, ...]] = []
+        """Metric groups kept on charts of their own above the main one (``+`` adds, ``-`` removes)."""
 
     @classmethod
     def for_run(cls, run: RunInfo) -> RunScreen:
@@ -83,7 +88,8 @@ class RunScreen(Screen[None]):
         yield RunHeader(id="header")
         with Horizontal(id="body"):
             with Vertical(id="left"):
-                yield MetricChart(self.model.history, [], id="chart")
+                with Vertical(id="charts"):
+                    yield MetricChart(self.model.history, [], id="chart")
                 yield DataTable(id="metrics", cursor_type="row", zebra_stripes=True)
             with Vertical(id="right"):
                 yield SystemPanel(id="system")
@@ -194,13 +200,17 @@ class RunScreen(Screen[None]):
         return chart_groups(self.model.history.names())
 
     def _draw_chart(self) -> None:
+        """The main chart (the metric group `m` chose) and the pinned ones, with the same window and smoothing."""
+        self.query_one("#chart", MetricChart).names = self._current_group()
+        for chart in self.query(MetricChart):
+            chart.history = self.model.history
+            chart.window = WINDOWS[self._window]
+            chart.smoothing = SMOOTHING[self._smoothing]
+            chart.refresh_data()
+
+    def _current_group(self) -> tuple[str, ...]:
         groups = self._groups()
-        chart = self.query_one("#chart", MetricChart)
-        chart.history = self.model.history
-        chart.names = tuple(groups[self._metric_index % len(groups)][1]) if groups else ()
-        chart.window = WINDOWS[self._window]
-        chart.smoothing = SMOOTHING[self._smoothing]
-        chart.refresh_data()
+        return tuple(groups[self._metric_index % len(groups)][1]) if groups else ()
 
     def _draw_table(self) -> None:
         """Update only the cells that changed (a cleared and refilled table is redrawn whole)."""
@@ -315,9 +325,29 @@ class RunScreen(Screen[None]):
         self._draw_chart()
 
     def action_log_scale(self) -> None:
-        chart = self.query_one("#chart", MetricChart)
-        chart.log_scale = not chart.log_scale
+        log_scale = not self.query_one("#chart", MetricChart).log_scale
+        for chart in self.query(MetricChart):
+            chart.log_scale = log_scale
         self._draw_chart()
+
+    def action_pin_chart(self) -> None:
+        """Keep the main chart's metrics on a chart of their own, so `m` can show others below it."""
+        names = self._current_group()
+        if not names or names in self._pinned:
+            return
+        if len(self._pinned) >= MAX_PINNED:
+            self.notify(f"at most {MAX_PINNED} pinned charts; `-` removes the last", severity="warning")
+            return
+        self._pinned.append(names)
+        main = self.query_one("#chart", MetricChart)
+        self.query_one("#charts").mount(MetricChart(self.model.history, names, log_scale=main.log_scale,
+                                                    classes="pinned"), before=main)
+        self.action_next_metric()
+
+    def action_unpin_chart(self) -> None:
+        if self._pinned:
+            self._pinned.pop()
+            self.query(".pinned").last().remove()
 
     def action_window(self) -> None:
         self._window = (self._window + 1) % len(WINDOWS)
