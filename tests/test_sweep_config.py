@@ -186,3 +186,12 @@ def test_sweep_show_of_an_unknown_sweep_lists_the_ones_there(tmp_path: Path) -> 
     result = subprocess.run([sys.executable, "-m", "tui.cli", "sweep", "show", "nope", "--root-dir", str(tmp_path)],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "no sweep named 'nope'" in result.stderr and "known" in result.stderr
+
+
+def test_a_detached_sweep_that_cannot_start_says_why(tmp_path: Path) -> None:
+    script = Path(__file__).parent / "scripts" / "sweep_train.py"
+    result = subprocess.run([sys.executable, "-m", "tui.cli", "sweep", "--detach", "--name", "s", "--param",
+                             "lr=log:1e-3:1", "--storage", f"sqlite:///{tmp_path}/no/such/dir/x.db", str(script)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "the sweep did not start" in result.stderr and "unable to open database file" in result.stderr

@@ -21,6 +21,7 @@ __all__ = ["add_sweep_commands"]
 # Options a --resume takes from sweep.json when they are not given again.
 _STORED = {"trials": "n_trials", "metric": "metric", "direction": "direction", "parallel": "parallel",
            "devices": "devices", "pruner": "pruner", "sampler": "sampler", "seed": "seed"}
+DETACH_START_S = 30.0
 _DEFAULTS = {"trials": 20, "metric": "val/loss", "direction": "minimize", "parallel": 1, "devices": 1,
              "pruner": "median", "sampler": "tpe", "seed": None}
 
@@ -93,12 +94,22 @@ def _detach(args: argparse.Namespace, name: str) -> int:
     if (sweep_dir / SUMMARY_FILE).exists() and not args.resume:
         raise CLIError(f"a sweep named {name!r} already exists in {args.root_dir}; continue it with --resume")
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    argv = [a for a in sys.argv[1:] if a != "--detach"]
+    argv = list(args.argv)
+    argv.remove("--detach")  # the first one is ours: options come before the script
     if args.name is None:
         argv = [argv[0], "--name", name, *argv[1:]]
     with open(sweep_dir / "driver.log", "ab") as log:
         process = subprocess.Popen([sys.executable, "-m", "tui", *argv], stdin=subprocess.DEVNULL, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + DETACH_START_S
+    while process.poll() is None and time.monotonic() < deadline:
+        summary = read_summary(sweep_dir) or {}
+        if summary.get("driver", {}).get("pid") == process.pid:
+            break
+        time.sleep(0.1)
+    if process.poll() not in (None, 0):
+        tail = (sweep_dir / "driver.log").read_text(errors="replace").strip().splitlines()[-5:]
+        raise CLIError(f"the sweep did not start (see {sweep_dir / 'driver.log'}):\n" + "\n".join(tail))
     print(f"traindeck: sweep {name} started (driver pid {process.pid}); its output: {sweep_dir / 'driver.log'}\n"
           f"  results:  traindeck sweep show {name}\n  watch it: traindeck attach {name}", file=sys.stderr)
     return 0
