@@ -12,12 +12,11 @@ import json
 import os
 import socket
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from tui.errors import CLIError
-from engine.runs import RunNotFound, read_run_file, resolve_run, supervisor_alive, update_run_file
+from engine.runs import RunNotFound, read_run_file, resolve_run
 
 __all__ = ["add_job_commands", "cmd_run"]
 
@@ -69,36 +68,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """Start a new attempt of a stopped or failed run from its last valid checkpoint (same run directory)."""
-    from engine._checkpoint_format import verify
-    from engine._events import append_event
+    from engine.supervisor.launch import ResumeError, prepare_resume
 
     run = _lookup(args.run, args.root_dir)
     if run.live:
         raise CLIError(f"run {run.name!r} is live ({run.state}); stop it first or attach to it")
-    record = read_run_file(run.run_dir)
-    if not record or "command" not in record:
-        raise CLIError(f"run {run.name!r} was not started by `traindeck run` (no command in run.json); "
-                     "resume it by running its script with ckpt_path='last'")
-    checkpoints = sorted((run.run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime,
-                         reverse=True)
-    valid = next((p for p in checkpoints if verify(p)[0]), None)
-    if valid is None:
-        raise CLIError(f"run {run.name!r} has no valid checkpoint in {run.run_dir / 'checkpoints'} to resume from")
-    _wait_for_exit(record.get("supervisor_pid"), run.name)
-    attempt = int(record.get("attempt") or 1) + 1
-    update_run_file(run.run_dir, attempt=attempt, state="starting", exit_status=None, failure=None)
-    append_event(run.run_dir, "resume_requested", source="cli", attempt=attempt, checkpoint=str(valid))
-    print(f"traindeck: resuming {run.name} (attempt {attempt}) from {valid}", file=sys.stderr)
+    try:
+        attempt, checkpoint = prepare_resume(run.run_dir)
+    except ResumeError as exc:
+        raise CLIError(str(exc)) from None
+    print(f"traindeck: resuming {run.name} (attempt {attempt}) from {checkpoint}", file=sys.stderr)
     return _launch(run.run_dir, args.detach, args.text)
-
-
-def _wait_for_exit(pid: Any, name: str, timeout: float = 15.0) -> None:
-    """Let the previous attempt's supervisor finish its linger: both would serve the same socket."""
-    deadline = time.monotonic() + timeout
-    while supervisor_alive(pid):
-        if time.monotonic() > deadline:
-            raise CLIError(f"the supervisor of run {name!r} (pid {pid}) is still shutting down; try again shortly")
-        time.sleep(0.05)
 
 
 def _launch(run_dir: Path, detach: bool, text: bool = False) -> int:

@@ -28,7 +28,8 @@ from engine._sweep._summary import pid_alive, read_summary, ranked_trials, write
 from engine._sweep._trial import TRIAL_ENV
 from engine._sweep._watch import TrialWatch
 from engine.client import Client, ConnectError
-from engine.supervisor.launch import SupervisorStartError, create_run, start_supervisor
+from engine.runs import load_run
+from engine.supervisor.launch import ResumeError, SupervisorStartError, create_run, prepare_resume, start_supervisor
 
 __all__ = ["SweepConfig", "SweepDriver", "SweepResult", "make_pruner", "make_sampler"]
 
@@ -288,7 +289,8 @@ class SweepDriver:
         return True
 
     def _adopt_orphans(self) -> None:
-        """On resume: trials this host left running. Live runs are followed again, ended ones are told."""
+        """On resume: the trials this host left running. Live runs are followed again, ended ones are
+        told, and interrupted ones start a new attempt from their checkpoint (or run again from scratch)."""
         from optuna.trial import Trial, TrialState
 
         for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -297,14 +299,36 @@ class SweepDriver:
                 continue
             if attrs.get("driver_pid") != os.getpid() and pid_alive(attrs.get("driver_pid")):
                 continue
-            used = {r.slot for r in self.running.values()}
-            slot = min(set(range(len(self.running) + 1)) - used)
-            running = _Running(Trial(self.study, frozen._trial_id), TrialWatch(Path(attrs["run_dir"]),
-                                                                                self.config.metric), slot)
+            trial, run_dir = Trial(self.study, frozen._trial_id), Path(attrs["run_dir"])
+            trial.set_user_attr("driver_pid", os.getpid())
+            run = load_run(run_dir)
+            if not run.live and (attrs.get("interrupted") or run.state == "lost"):
+                if not self._resume_trial(trial, run_dir):
+                    continue
+            else:
+                self.config.echo(f"trial {frozen.number} left {run.state} by an earlier driver: following it again")
+            slot = min(set(range(len(self.running) + 1)) - {r.slot for r in self.running.values()})
+            running = _Running(trial, TrialWatch(run_dir, self.config.metric), slot)
             running.reported = max(frozen.intermediate_values, default=-1)
             self.running[frozen.number] = running
-            self.config.echo(f"trial {frozen.number} left running by an earlier driver: following it again")
-            running.trial.set_user_attr("driver_pid", os.getpid())
+
+    def _resume_trial(self, trial: Any, run_dir: Path) -> bool:
+        """A new attempt of an interrupted trial's run from its checkpoint; without one, the trial is
+        marked interrupted and its values queued to run again. True when the run was started."""
+        from optuna.trial import TrialState
+
+        try:
+            attempt, checkpoint = prepare_resume(run_dir, source=f"sweep:{self.config.name}")
+            start_supervisor(run_dir)
+        except (ResumeError, SupervisorStartError) as exc:
+            trial.set_user_attr("interrupted", True)
+            self._tell(trial, state=TrialState.FAIL)
+            self.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            self.config.echo(f"trial {trial.number} cannot continue ({exc}); it runs again from the start")
+            return False
+        trial.set_user_attr("interrupted", False)
+        self.config.echo(f"trial {trial.number} continues (attempt {attempt}) from {checkpoint.name}")
+        return True
 
     def _poll_trials(self) -> None:
         for number, running in list(self.running.items()):
@@ -330,7 +354,7 @@ class SweepDriver:
                       f"it had logged {names}; pass --metric with one of those")
         running.error = self.error
         for other in self.running.values():
-            self._send(other, "stop", checkpoint=False, reason="sweep error")
+            self._send(other, "stop", checkpoint=True, reason="sweep error")
 
     def _finish(self, number: int, running: _Running, run: Any) -> None:
         from optuna.trial import TrialState
@@ -362,10 +386,8 @@ class SweepDriver:
                 self.error = (f"the script never logs {self.config.metric!r} (trial {number} logged {names}); "
                               "pass --metric with one of those")
         elif self._signals or (self.error is not None and reason == "sweep error"):
-            trial.set_user_attr("interrupted", True)
-            self._tell(trial, state=TrialState.FAIL)
-            self.study.enqueue_trial(trial.params, user_attrs={"retry_of": number})
-            self.config.echo(f"trial {number} interrupted at step {run.step}; --resume runs it again")
+            trial.set_user_attr("interrupted", True)  # stays RUNNING in the study: --resume continues it
+            self.config.echo(f"trial {number} interrupted at step {run.step}; --resume continues it")
         elif run.state == "stopped":
             self._tell_failed(trial, f"stopped by {client or 'a client'} at step {run.step} before it finished")
         else:
@@ -408,7 +430,7 @@ class SweepDriver:
         self.config.echo(f"interrupted: {'stopping' if action == 'stop' else 'killing'} {len(self.running)} "
                          f"running trial(s){'; Ctrl-C again to kill them' if action == 'stop' else ''}")
         for running in self.running.values():
-            self._send(running, action, **({"checkpoint": False, "reason": "sweep interrupted"}
+            self._send(running, action, **({"checkpoint": True, "reason": "sweep interrupted"}
                                            if action == "stop" else {"grace_s": 2.0}))
 
     # -- the summary ------------------------------------------------------------------------
@@ -436,7 +458,7 @@ def _trial_row(trial: Any) -> dict[str, Any] | None:
         return None
     state = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running",
              "WAITING": "waiting"}.get(trial.state.name, trial.state.name.lower())
-    if state == "failed" and attrs.get("interrupted"):
+    if state in ("failed", "running") and attrs.get("interrupted"):
         state = "interrupted"
     steps = trial.intermediate_values
     last = max(steps) if steps else None

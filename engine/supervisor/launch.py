@@ -16,15 +16,20 @@ from typing import Any, Sequence
 
 from engine._errors import TraindeckError
 from engine._events import append_event
-from engine.runs import read_run_file, write_run_file
+from engine.runs import read_run_file, supervisor_alive, update_run_file, write_run_file
 
-__all__ = ["SUPERVISOR_START_S", "SupervisorStartError", "create_run", "start_supervisor"]
+__all__ = ["SUPERVISOR_START_S", "ResumeError", "SupervisorStartError", "create_run", "prepare_resume",
+           "start_supervisor"]
 
 SUPERVISOR_START_S = 15.0
 
 
 class SupervisorStartError(TraindeckError, RuntimeError):
     """The supervisor exited or did not open its socket in time; the message holds its log's last lines."""
+
+
+class ResumeError(TraindeckError, RuntimeError):
+    """A run cannot start a new attempt: it was not started by a supervisor, or has no valid checkpoint."""
 
 
 def now_iso() -> str:
@@ -68,3 +73,33 @@ def start_supervisor(run_dir: Path, timeout: float = SUPERVISOR_START_S) -> dict
             raise SupervisorStartError(f"the supervisor did not start (see {logs / 'supervisor.log'}):\n"
                                        + "\n".join(tail))
         time.sleep(0.05)
+
+
+def prepare_resume(run_dir: Path, source: str = "cli", wait_s: float = 15.0) -> tuple[int, Path]:
+    """Make a stopped or failed run ready for a new attempt from its newest valid checkpoint.
+
+    Waits for the previous supervisor's linger (both would serve one socket), bumps ``attempt``
+    and records ``resume_requested``; returns the attempt and the checkpoint. Start it with
+    ``start_supervisor``.
+    """
+    from engine._checkpoint_format import verify
+
+    record = read_run_file(run_dir)
+    name = (record or {}).get("name", run_dir.name)
+    if not record or "command" not in record:
+        raise ResumeError(f"run {name!r} was not started by `traindeck run` (no command in run.json); "
+                          "resume it by running its script with ckpt_path='last'")
+    checkpoints = sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    valid = next((p for p in checkpoints if verify(p)[0]), None)
+    if valid is None:
+        raise ResumeError(f"run {name!r} has no valid checkpoint in {run_dir / 'checkpoints'} to resume from")
+    deadline = time.monotonic() + wait_s
+    while supervisor_alive(record.get("supervisor_pid")):
+        if time.monotonic() > deadline:
+            raise ResumeError(f"the supervisor of run {name!r} (pid {record.get('supervisor_pid')}) is still "
+                              "shutting down; try again shortly")
+        time.sleep(0.05)
+    attempt = int(record.get("attempt") or 1) + 1
+    update_run_file(run_dir, attempt=attempt, state="starting", exit_status=None, failure=None)
+    append_event(run_dir, "resume_requested", source=source, attempt=attempt, checkpoint=str(valid))
+    return attempt, valid
