@@ -12,7 +12,8 @@ import optuna
 import pytest
 
 from engine import SweepError, trial_params
-from engine._sweep._driver import SweepConfig, SweepDriver, _redact, make_pruner, make_sampler
+from engine._sweep._driver import SweepConfig, SweepDriver
+from engine._sweep._study import make_pruner, make_sampler, redact
 from engine._sweep._space import parse_param, parse_space
 from engine._sweep._summary import best_trial, ranked_trials, write_summary
 from engine._sweep._trial import TRIAL_ENV
@@ -134,8 +135,8 @@ def test_a_storage_without_its_driver_names_what_to_install(tmp_path: Path) -> N
 
 
 def test_storage_passwords_never_reach_messages_or_files() -> None:
-    assert _redact("postgresql://me:secret@host/db") == "postgresql://me:***@host/db"
-    assert _redact("sqlite:////tmp/a.db") == "sqlite:////tmp/a.db"
+    assert redact("postgresql://me:secret@host/db") == "postgresql://me:***@host/db"
+    assert redact("sqlite:////tmp/a.db") == "sqlite:////tmp/a.db"
 
 
 def test_an_existing_sweep_is_only_continued_with_resume(tmp_path: Path) -> None:

@@ -8,8 +8,6 @@ multi-device trial stops at the same step. Torch-free; Optuna is imported here o
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import importlib
 import json
 import os
@@ -20,10 +18,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from engine._errors import SweepError
 from engine._sweep._space import Param
+from engine._sweep._study import counts, open_study, redact, spec_name, trial_row
 from engine._sweep._summary import pid_alive, read_summary, ranked_trials, write_summary
 from engine._sweep._trial import TRIAL_ENV
 from engine._sweep._watch import TrialWatch
@@ -31,11 +30,10 @@ from engine.client import Client, ConnectError
 from engine.runs import load_run
 from engine.supervisor.launch import ResumeError, SupervisorStartError, create_run, prepare_resume, start_supervisor
 
-__all__ = ["SweepConfig", "SweepDriver", "SweepResult", "make_pruner", "make_sampler"]
+__all__ = ["SweepConfig", "SweepDriver", "SweepResult"]
 
 POLL_S = 0.2
 SUMMARY_INTERVAL_S = 2.0
-STOP_GRACE_S = 60.0
 
 
 @dataclass
@@ -90,46 +88,6 @@ class _Running:
     client: Client | None = None
 
 
-def make_pruner(spec: Any) -> Any:
-    """An Optuna pruner from a spec (median, percentile:P, hyperband, threshold:lower=X,upper=Y, none) or as given."""
-    import optuna
-
-    if not isinstance(spec, str):
-        return spec if spec is not None else optuna.pruners.NopPruner()
-    kind, _, rest = spec.partition(":")
-    try:
-        if kind == "median" and not rest:
-            return optuna.pruners.MedianPruner()
-        if kind == "percentile":
-            return optuna.pruners.PercentilePruner(float(rest))
-        if kind == "hyperband" and not rest:
-            return optuna.pruners.HyperbandPruner()
-        if kind == "threshold":
-            bounds = dict(part.split("=", 1) for part in rest.split(",") if part)
-            if not bounds or set(bounds) - {"lower", "upper"}:
-                raise ValueError("threshold takes lower=X and/or upper=Y")
-            return optuna.pruners.ThresholdPruner(**{k: float(v) for k, v in bounds.items()})
-        if kind == "none" and not rest:
-            return optuna.pruners.NopPruner()
-    except ValueError as exc:
-        raise SweepError(f"bad --pruner {spec!r}: {exc}") from None
-    raise SweepError(f"unknown --pruner {spec!r}: use median, percentile:P, hyperband, "
-                     "threshold:lower=X,upper=Y or none")
-
-
-def make_sampler(spec: Any, seed: int | None) -> Any:
-    """An Optuna sampler from ``tpe``, ``random`` or ``qmc``, or as given."""
-    import optuna
-
-    if not isinstance(spec, str):
-        return spec
-    samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
-                "qmc": optuna.samplers.QMCSampler}
-    if spec not in samplers:
-        raise SweepError(f"unknown --sampler {spec!r}: use {', '.join(samplers)}")
-    return samplers[spec](seed=seed)
-
-
 class SweepDriver:
     """Runs ``config.n_trials`` trials of one Optuna study, ``config.parallel`` at a time."""
 
@@ -167,7 +125,8 @@ class SweepDriver:
         """Run trials until the study holds ``n_trials`` finished ones; Ctrl-C stops the running trials."""
         created = self._prepare_dir()
         try:
-            self.study = self._open_study()
+            self.study = open_study(self.storage_url, self.study_name, self.config.direction, self.config.metric,
+                                    self.config.sampler, self.config.seed, self.config.pruner)
         except SweepError:
             if created:
                 shutil.rmtree(self.sweep_dir, ignore_errors=True)
@@ -215,40 +174,9 @@ class SweepDriver:
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         return made
 
-    def _open_study(self) -> Any:
-        import optuna
-        import sqlalchemy.exc
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        kwargs: dict[str, Any] = {}
-        if self.storage_url.startswith("sqlite:"):
-            kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-        try:
-            with _sqlite_lock(self.storage_url):
-                storage = optuna.storages.RDBStorage(self.storage_url, **kwargs)
-                study = optuna.create_study(study_name=self.study_name, storage=storage, load_if_exists=True,
-                                            direction=self.config.direction,
-                                            sampler=make_sampler(self.config.sampler, self.config.seed),
-                                            pruner=make_pruner(self.config.pruner))
-        except ImportError as exc:
-            raise SweepError(f"storage {_redact(self.storage_url)} needs a database driver that is not "
-                             f"installed ({exc}); install the one SQLAlchemy needs (e.g. psycopg2-binary for "
-                             "PostgreSQL, PyMySQL for MySQL)") from None
-        except (sqlalchemy.exc.SQLAlchemyError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise SweepError(f"cannot open storage {_redact(self.storage_url)}: {first}") from None
-        asked = self.config.direction
-        if study.direction.name.lower() != asked:
-            raise SweepError(f"study {self.study_name!r} in {_redact(self.storage_url)} is set to "
-                             f"{study.direction.name.lower()}, not {asked}")
-        metric = study.user_attrs.get("metric")  # set once a trial completed with it
-        if metric is not None and metric != self.config.metric:
-            raise SweepError(f"study {self.study_name!r} optimises {metric!r}, not {self.config.metric!r}")
-        return study
-
     def _counted(self) -> int:
         """Trials that count toward n_trials: finished ones (interrupted excepted) and those running."""
-        return sum(1 for t in self.study.get_trials(deepcopy=False) if _counts(t))
+        return sum(1 for t in self.study.get_trials(deepcopy=False) if counts(t))
 
     def _fill_slots(self) -> None:
         while len(self.running) < self.config.parallel and self._counted() < self.config.n_trials:
@@ -259,7 +187,7 @@ class SweepDriver:
         from optuna.trial import TrialState
 
         trial = self.study.ask(self.distributions)
-        earlier = sum(1 for t in self.study.get_trials(deepcopy=False) if t.number < trial.number and _counts(t))
+        earlier = sum(1 for t in self.study.get_trials(deepcopy=False) if t.number < trial.number and counts(t))
         if earlier >= self.config.n_trials:  # another process took the last trial first
             trial.set_user_attr("surplus", True)
             self._tell(trial, state=TrialState.FAIL)
@@ -437,12 +365,12 @@ class SweepDriver:
 
     def _write_summary(self) -> None:
         self._summary_due = time.monotonic() + SUMMARY_INTERVAL_S
-        trials = [_trial_row(t) for t in self.study.get_trials(deepcopy=False)] if hasattr(self, "study") else []
-        summary = {"name": self.config.name, "study": self.study_name, "storage": _redact(self.storage_url),
+        trials = [trial_row(t) for t in self.study.get_trials(deepcopy=False)] if hasattr(self, "study") else []
+        summary = {"name": self.config.name, "study": self.study_name, "storage": redact(self.storage_url),
                    "metric": self.config.metric, "direction": self.config.direction,
                    "space": {p.name: p.spec() for p in self.config.space}, "n_trials": self.config.n_trials,
-                   "parallel": self.config.parallel, "devices": self.config.devices,
-                   "pruner": _spec(self.config.pruner), "sampler": _spec(self.config.sampler), "seed": self.config.seed,
+                   "parallel": self.config.parallel, "devices": self.config.devices, "seed": self.config.seed,
+                   "pruner": spec_name(self.config.pruner), "sampler": spec_name(self.config.sampler),
                    "command": self.config.command, "state": self.state, "error": self.error,
                    "driver": {"host": self.host, "pid": os.getpid()},
                    "trials": [t for t in trials if t is not None]}
@@ -452,65 +380,8 @@ class SweepDriver:
         write_summary(self.sweep_dir, summary)
 
 
-def _trial_row(trial: Any) -> dict[str, Any] | None:
-    attrs = trial.user_attrs
-    if attrs.get("surplus"):
-        return None
-    state = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running",
-             "WAITING": "waiting"}.get(trial.state.name, trial.state.name.lower())
-    if state in ("failed", "running") and attrs.get("interrupted"):
-        state = "interrupted"
-    steps = trial.intermediate_values
-    last = max(steps) if steps else None
-    start, end = trial.datetime_start, trial.datetime_complete
-    params = trial.params or trial.system_attrs.get("fixed_params", {})  # a waiting trial's enqueued values
-    return {"number": trial.number, "state": state, "params": params,
-            "value": trial.value if state == "complete" else None,
-            "last": {"step": last, "value": steps[last]} if last is not None else None,
-            "started": start.isoformat(timespec="seconds") if start else None,
-            "finished": end.isoformat(timespec="seconds") if end else None,
-            "duration_s": round((end - start).total_seconds(), 1) if start and end else None,
-            "run": attrs.get("run"), "run_dir": attrs.get("run_dir"), "host": attrs.get("host"),
-            "error": attrs.get("error")}
-
-
-def _spec(value: Any) -> str:
-    return value if isinstance(value, str) else type(value).__name__
-
-
-def _counts(trial: Any) -> bool:
-    state, attrs = trial.state.name, trial.user_attrs
-    if state == "WAITING" or attrs.get("surplus"):
-        return False
-    return not (state == "FAIL" and attrs.get("interrupted"))
-
-
 def _describe(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
-
-
-def _redact(url: str) -> str:
-    """The storage URL without its password, for messages and sweep.json."""
-    scheme, sep, rest = url.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    if not sep or not at or ":" not in credentials:
-        return url
-    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
-
-
-@contextlib.contextmanager
-def _sqlite_lock(url: str) -> Iterator[None]:
-    """Hold a lock next to an SQLite file while opening it: two drivers creating one study's tables at once collide."""
-    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
-    if not path or path.startswith(":memory:") or not Path(path).parent.is_dir():
-        yield
-        return
-    with open(f"{path}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _visible_gpus() -> list[str]:
