@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from textual.pilot import Pilot
 
-from tests.test_app import drive
+from tests.test_app import drive, until
 from tests.test_app_sweep import NOW, fabricated_sweep
 from tui.app import TraindeckApp
 from tui.widgets.chart import MetricChart
@@ -86,7 +86,7 @@ def run_with_lr(root: Path) -> Path:
 def test_a_pinned_chart_keeps_its_metrics_while_m_moves_the_main_chart(tmp_path: Path) -> None:
     async def body(pilot: Pilot) -> None:
         charts = lambda: [chart.names for chart in pilot.app.screen.query(MetricChart)]  # noqa: E731
-        assert charts() == [("train/loss", "val/loss")]
+        await until(pilot, lambda: charts() == [("train/loss", "val/loss")], timeout=5, what="the main chart")
         await pilot.press("plus")
         await pilot.pause()
         assert charts() == [("train/loss", "val/loss"), ("lr",)]

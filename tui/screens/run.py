@@ -30,6 +30,11 @@ WINDOWS = (None, 1000, 100)
 SMOOTHING = (0.0, 0.6, 0.9)
 COMPACT_WIDTH = 110
 MAX_PINNED = 3
+PANE_ACTIONS = frozenset({"next_metric", "previous_metric", "smoothing", "log_scale", "window", "pin_chart",
+                          "unpin_chart", "search", "search_next", "search_previous"})
+PANES_DELAY_S = 0.05
+"""The panes are mounted this long after the header: long enough for its frame to reach the terminal
+first (after-refresh callbacks run before the frame is written)."""
 
 
 def _fmt(value: Any) -> str:
@@ -76,6 +81,7 @@ class RunScreen(Screen[None]):
         self._events_shown = 0
         self._search: str | None = None
         self._chart_drawn = 0.0
+        self._built = False
         self._pinned: list[tuple[str, ...]] = []
         """Metric groups kept on charts of their own above the main one (``+`` adds, ``-`` removes)."""
 
@@ -86,6 +92,34 @@ class RunScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield RunHeader(id="header")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        model = self.model
+        self.query_one("#header", RunHeader).show(model.name, model.status, model.live, model.progress())
+        self._adapt(self.app.size.width)
+        self.set_timer(PANES_DELAY_S, self._build)
+
+    async def _build(self) -> None:
+        """The panes, mounted once the header is on screen: laying out the whole dashboard takes Textual
+        about half a second, and the header (state, step, progress) is what a user looks for first."""
+        await self.mount_compose(self._panes(), before=self.query_one(Footer))
+        table = self.query_one("#metrics", DataTable)
+        table.add_column("metric", key="metric")
+        for column in ("step", "last", "min", "max", "best"):
+            table.add_column(column, key=column)
+        self._built = True
+        self.refresh_bindings()
+        self.focus_next()
+        self.set_interval(self.app.frame_interval, self._redraw)
+        if self.socket:
+            self._follow()
+        self._redraw()
+        failure = self.model.state.get("failure") or {}
+        if failure.get("rank") is not None:
+            self.call_after_refresh(self._show_failure, failure["rank"])
+
+    def _panes(self) -> ComposeResult:
         with Horizontal(id="body"):
             with Vertical(id="left"):
                 with Vertical(id="charts"):
@@ -101,21 +135,10 @@ class RunScreen(Screen[None]):
                 yield EventsList(id="events")
             with TabPane("System", id="system-tab"):
                 yield SystemPanel(id="system-compact")
-        yield Footer()
 
-    def on_mount(self) -> None:
-        table = self.query_one("#metrics", DataTable)
-        table.add_column("metric", key="metric")
-        for column in ("step", "last", "min", "max", "best"):
-            table.add_column(column, key=column)
-        self._adapt(self.app.size.width)
-        self.set_interval(self.app.frame_interval, self._redraw)
-        if self.socket:
-            self._follow()
-        self._redraw()
-        failure = self.model.state.get("failure") or {}
-        if failure.get("rank") is not None:
-            self.call_after_refresh(self._show_failure, failure["rank"])
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """The keys that act on the panes wait for them (a fraction of a second after the first frame)."""
+        return self._built or action not in PANE_ACTIONS
 
     def _show_failure(self, rank: int) -> None:
         """A failed rank's traceback, without hunting for it."""
@@ -285,7 +308,8 @@ class RunScreen(Screen[None]):
         self.socket = (read_run_file(self.run_dir) or {}).get("socket")
         self.model = RunModel(self.run_dir)
         self._events_shown = 0
-        self.query_one("#events", EventsList).clear()
+        for events in self.query(EventsList):
+            events.clear()
         self._follow()
 
     def action_search(self) -> None:
