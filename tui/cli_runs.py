@@ -37,6 +37,17 @@ def age(created: datetime | None, now: datetime | None = None) -> str:
     raise AssertionError("unreachable")
 
 
+def print_table(rows: list[list[str]]) -> None:
+    """Rows as columns aligned on their widest cell; a closed pipe (``| head``) ends it quietly."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    try:
+        for row in rows:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _drop_stdout()
+
+
 def _is_under(path: Path, root: Path) -> bool:
     return path.resolve().is_relative_to(root.resolve())
 
@@ -58,13 +69,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     for run in shown:
         row = [run.name, run.state, _dash(run.step), _dash(run.epoch), age(run.created)]
         rows.append(row + ([str(run.run_dir) if not _is_under(run.run_dir, root) else ""] if outside else []))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    try:
-        for row in rows:
-            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-        sys.stdout.flush()
-    except BrokenPipeError:
-        _drop_stdout()
+    print_table(rows)
     if len(shown) < len(runs):
         print(f"({len(runs) - len(shown)} older runs not shown; --all lists them)", file=sys.stderr)
     return 0

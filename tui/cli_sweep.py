@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from engine._sweep._summary import SUMMARY_FILE, find_sweep, list_sweeps, ranked_trials, read_summary
+from tui.cli_runs import print_table
 from tui.errors import CLIError
 
 __all__ = ["add_sweep_commands"]
@@ -153,9 +154,7 @@ def print_summary(summary: dict[str, Any]) -> None:
              _cell(t.get("value") if t.get("value") is not None else (t.get("last") or {}).get("value")),
              f"{t['duration_s']:.1f}s" if isinstance(t.get("duration_s"), (int, float)) else "-"]
             for t in trials]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    print_table([header, *rows])
 
 
 def _cell(value: Any) -> str:

@@ -23,7 +23,7 @@ from typing import Any, Callable
 from engine._errors import SweepError
 from engine._sweep._space import Param
 from engine._sweep._study import counts, open_study, redact, spec_name, trial_row
-from engine._sweep._summary import pid_alive, read_summary, ranked_trials, write_summary
+from engine._sweep._summary import best_trial, pid_alive, read_summary, write_summary
 from engine._sweep._trial import TRIAL_ENV
 from engine._sweep._watch import TrialWatch
 from engine.client import Client, ConnectError
@@ -374,8 +374,7 @@ class SweepDriver:
                    "command": self.config.command, "state": self.state, "error": self.error,
                    "driver": {"host": self.host, "pid": os.getpid()},
                    "trials": [t for t in trials if t is not None]}
-        ranked = ranked_trials(summary)
-        best = ranked[0] if ranked and ranked[0]["state"] == "complete" else None
+        best = best_trial(summary)
         summary["best"] = {k: best[k] for k in ("number", "value", "params", "run")} if best else None
         write_summary(self.sweep_dir, summary)
 
