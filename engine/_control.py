@@ -4,9 +4,10 @@ decision that every rank applies at the same step.
 At a control point rank 0 takes the commands its supervisor forwarded and refuses the bad
 ones; one all-reduce on the gloo control group merges everyone's flags (and rank 0's "I
 have commands"); only then are the commands themselves broadcast. Control points are
-spaced by time (``ControlPoint``), and ``agree_now`` adds one at fit start and at every
-epoch end. A pause never waits inside a collective: paused ranks poll the rendezvous
-store, so it may outlast the process-group timeout. Without a supervisor and a group,
+spaced by time (``ControlPoint``); each is started at one batch and concluded at the
+next, so the all-reduce overlaps a step. ``agree_now`` adds whole agreements at fit start
+and at the end of every epoch and validation. A pause never waits inside a collective:
+paused ranks poll the rendezvous store, so it may outlast the process-group timeout. Without a supervisor and a group,
 ``due`` is always False and nothing here runs.
 
 A stop is first *requested*, on any rank and for any reason (``trainer.should_stop`` set by
@@ -49,6 +50,7 @@ class Controller:
         self._step_time: float | None = None
         self.stop_agreed = False
         self.preempt_agreed = False
+        self._proposed: list[dict[str, Any]] = []  # rank 0's commands in the agreement under way
 
     @property
     def grouped(self) -> bool:
@@ -58,6 +60,9 @@ class Controller:
     def begin_fit(self) -> None:
         """Forget the previous fit's decisions."""
         self.stop_agreed = self.preempt_agreed = False
+        self._proposed = []
+        if self.point is not None:
+            self.point.abandon()
 
     def due(self, total_batches: int) -> bool:
         if self.point is not None:
@@ -67,33 +72,63 @@ class Controller:
     # -- agreement -----------------------------------------------------------------------
 
     def at_control_point(self) -> None:
-        """Agree with every rank on stop, preemption and commands, then apply them in order."""
-        trainer = self.trainer
-        commands = self._accepted(self.channel.take_commands()) if self.channel and trainer.global_rank == 0 else []
-        if self.point is not None:
-            local = [int(trainer._stop_requested()), int(trainer._preemption.received is not None),
-                     int(bool(commands))]
-            stop, preempt, shared = self.point.agree(trainer.loop.total_batches, local)
-            if stop:
-                trainer.should_stop = self.stop_agreed = True
-            if preempt:
-                self.preempt_agreed = True
-                if trainer._preemption.received is None:
-                    trainer._preemption.received = "a peer rank's signal"
-            if shared:
-                commands = self.point.share(commands)
-        for command in commands:
-            self._apply(command)
+        """A scheduled point in the training loop.
+
+        In a group the agreement is started here and concluded at the next batch, where
+        every rank applies the outcome; in one process the commands are applied at once.
+        """
+        if self.point is None:
+            self._conclude(self._take_commands(), (0, 0, 0))
+        elif self.point.pending:
+            self._conclude(self._proposed, self.point.finish(self.trainer.loop.total_batches))
+        else:
+            self._propose()
 
     def agree_now(self) -> None:
-        """A control point off the time schedule, where every rank is anyway (fit start, each epoch end).
+        """A whole agreement off the time schedule, where every rank is anyway (fit start, the end
+        of each epoch and of each validation).
 
         It makes decisions taken there (EarlyStopping at a training epoch's end, a callback's
         ``should_stop`` in ``on_train_epoch_end``) take effect on every rank at once. In one
-        process it does nothing.
+        process it applies the commands waiting.
         """
-        if self.point is not None:
+        if self.point is None:
             self.at_control_point()
+            return
+        total = self.trainer.loop.total_batches
+        if self.point.pending:
+            self._conclude(self._proposed, self.point.finish(total))
+        self._propose()
+        self._conclude(self._proposed, self.point.finish(total))
+
+    def _take_commands(self) -> list[dict[str, Any]]:
+        if self.channel is None or self.trainer.global_rank != 0:
+            return []
+        return self._accepted(self.channel.take_commands())
+
+    def _propose(self) -> None:
+        """Send this rank's flags (rank 0: and whether it has commands) to the agreement."""
+        trainer = self.trainer
+        self._proposed = self._take_commands()
+        local = [int(trainer._stop_requested()), int(trainer._preemption.received is not None),
+                 int(bool(self._proposed))]
+        self.point.start(trainer.loop.total_batches, local)
+
+    def _conclude(self, commands: list[dict[str, Any]], agreed: Any) -> None:
+        """Act on what every rank agreed (stop, preemption, rank 0's commands), in order."""
+        trainer = self.trainer
+        stop, preempt, shared = agreed
+        self._proposed = []
+        if stop:
+            trainer.should_stop = self.stop_agreed = True
+        if preempt:
+            self.preempt_agreed = True
+            if trainer._preemption.received is None:
+                trainer._preemption.received = "a peer rank's signal"
+        if shared:
+            commands = self.point.share(commands)
+        for command in commands:
+            self._apply(command)
 
     def _accepted(self, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The commands rank 0 can apply; the others are answered with an error at once."""

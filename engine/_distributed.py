@@ -190,6 +190,10 @@ class ControlPoint:
     Each agreement is one all-reduce (MAX) of a few integers on the gloo ``group``: the
     local flags of every rank, plus rank 0's choice of the next control batch, spaced so
     agreements happen about every ``interval_s`` seconds whatever the step time.
+
+    In the training loop an agreement is *started* at a control batch and *finished* at the
+    next one (``due`` is then true again): the all-reduce runs in gloo's threads while the
+    batch in between computes, instead of stalling every rank until the slowest arrives.
     """
 
     def __init__(self, group: Any, rank: int, interval_s: float = 0.1) -> None:
@@ -199,12 +203,18 @@ class ControlPoint:
         self.next_batch = 1
         self._last_time = 0.0
         self._last_batch = 0
+        self._pending: tuple[Any, Any] | None = None  # (work, values) of a started agreement
+
+    @property
+    def pending(self) -> bool:
+        """Whether an agreement was started and not yet finished."""
+        return self._pending is not None
 
     def due(self, total_batches: int) -> bool:
         return total_batches >= self.next_batch
 
-    def agree(self, total_batches: int, flags: Sequence[int]) -> list[int]:
-        """The element-wise max of every rank's ``flags``; also schedules the next agreement."""
+    def start(self, total_batches: int, flags: Sequence[int]) -> None:
+        """Send this rank's ``flags`` (and rank 0's proposal for the next agreement) without waiting."""
         import time
 
         now = time.monotonic()
@@ -215,11 +225,32 @@ class ControlPoint:
             per_batch = elapsed / done if elapsed > 0 and done > 0 else self.interval_s
             proposal = total_batches + max(1, int(self.interval_s / max(per_batch, 1e-6)))
         values = torch.tensor([*flags, proposal], dtype=torch.int64)
+        work = None
         if self.group is not None:
-            dist.all_reduce(values, op=dist.ReduceOp.MAX, group=self.group)
+            work = dist.all_reduce(values, op=dist.ReduceOp.MAX, group=self.group, async_op=True)
+        self._pending = (work, values)
         self._last_time, self._last_batch = now, total_batches
-        self.next_batch = int(values[-1]) or total_batches + 1
+        self.next_batch = total_batches + 1
+
+    def finish(self, total_batches: int) -> list[int]:
+        """The element-wise max of every rank's flags sent by ``start``; schedules the next agreement."""
+        if self._pending is None:
+            raise RuntimeError("no agreement was started")
+        work, values = self._pending
+        self._pending = None
+        if work is not None:
+            work.wait()
+        self.next_batch = max(int(values[-1]), total_batches + 1)
         return [int(v) for v in values[:-1]]
+
+    def agree(self, total_batches: int, flags: Sequence[int]) -> list[int]:
+        """``start`` and ``finish`` at once: the agreement of every rank, here."""
+        self.start(total_batches, flags)
+        return self.finish(total_batches)
+
+    def abandon(self) -> None:
+        """Forget a started agreement (a fit that ended by an exception left it behind)."""
+        self._pending = None
 
     def share(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank, over the same gloo group (used for the rare command payload)."""

@@ -637,7 +637,7 @@ class Trainer(TrainerCheckpoints):
         self._run_eval_loop("validate", self._val_loaders, self.config.limit_val_batches)
         self._metrics.set_stage("train")
         self.module.train()
-        self._controller.at_control_point()
+        self._controller.agree_now()
 
     def _run_eval_loop(self, stage: str, loaders: list[Any], limit: int | float,
                        collect: bool = False) -> list[Any]:
