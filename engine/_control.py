@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from engine._announce import log
@@ -51,6 +52,9 @@ class Controller:
         self.stop_agreed = False
         self.preempt_agreed = False
         self._proposed: list[dict[str, Any]] = []  # rank 0's commands in the agreement under way
+        self._eval: _Validation | None = None
+        self._eval_point: Any = None
+        self._deferred: list[dict[str, Any]] = []  # agreed during a validation, applied at its end
 
     @property
     def grouped(self) -> bool:
@@ -60,7 +64,7 @@ class Controller:
     def begin_fit(self) -> None:
         """Forget the previous fit's decisions."""
         self.stop_agreed = self.preempt_agreed = False
-        self._proposed = []
+        self._proposed, self._deferred, self._eval = [], [], None
         if self.point is not None:
             self.point.abandon()
 
@@ -77,12 +81,7 @@ class Controller:
         In a group the agreement is started here and concluded at the next batch, where
         every rank applies the outcome; in one process the commands are applied at once.
         """
-        if self.point is None:
-            self._conclude(self._take_commands(), (0, 0, 0))
-        elif self.point.pending:
-            self._conclude(self._proposed, self.point.finish(self.trainer.loop.total_batches))
-        else:
-            self._propose()
+        self._advance(self.point, self.trainer.loop.total_batches)
 
     def agree_now(self) -> None:
         """A whole agreement off the time schedule, where every rank is anyway (fit start, the end
@@ -92,33 +91,50 @@ class Controller:
         ``should_stop`` in ``on_train_epoch_end``) take effect on every rank at once. In one
         process it applies the commands waiting.
         """
-        if self.point is None:
-            self.at_control_point()
-            return
         total = self.trainer.loop.total_batches
-        if self.point.pending:
-            self._conclude(self._proposed, self.point.finish(total))
-        self._propose()
-        self._conclude(self._proposed, self.point.finish(total))
+        if self.point is None:
+            self._advance(None, total)
+            return
+        self._settle(self.point, total)
+        self._propose(self.point, total)
+        self._conclude(self.point.finish(total))
+
+    def _advance(self, point: Any, count: int) -> None:
+        if point is None:
+            self._proposed = self._take_commands()
+            self._conclude((0, 0, 0))
+        elif point.pending:
+            self._conclude(point.finish(count))
+        else:
+            self._propose(point, count)
+
+    def _settle(self, point: Any, count: int) -> None:
+        """Conclude the agreement under way on ``point``, if any."""
+        if point is not None and point.pending:
+            self._conclude(point.finish(count))
 
     def _take_commands(self) -> list[dict[str, Any]]:
         if self.channel is None or self.trainer.global_rank != 0:
             return []
         return self._accepted(self.channel.take_commands())
 
-    def _propose(self) -> None:
-        """Send this rank's flags (rank 0: and whether it has commands) to the agreement."""
+    def _propose(self, point: Any, count: int) -> None:
+        """Send this rank's flags (rank 0: and whether it has commands) to the agreement on ``point``.
+
+        During a validation only commands are agreed; stop and preemption requests wait for
+        the agreement that follows it.
+        """
         trainer = self.trainer
         self._proposed = self._take_commands()
-        local = [int(trainer._stop_requested()), int(trainer._preemption.received is not None),
-                 int(bool(self._proposed))]
-        self.point.start(trainer.loop.total_batches, local)
+        requests = [0, 0] if self._eval is not None else [int(trainer._stop_requested()),
+                                                          int(trainer._preemption.received is not None)]
+        point.start(count, [*requests, int(bool(self._proposed))])
 
-    def _conclude(self, commands: list[dict[str, Any]], agreed: Any) -> None:
+    def _conclude(self, agreed: Any) -> None:
         """Act on what every rank agreed (stop, preemption, rank 0's commands), in order."""
         trainer = self.trainer
         stop, preempt, shared = agreed
-        self._proposed = []
+        commands, self._proposed = self._proposed, []
         if stop:
             trainer.should_stop = self.stop_agreed = True
         if preempt:
@@ -127,8 +143,55 @@ class Controller:
                 trainer._preemption.received = "a peer rank's signal"
         if shared:
             commands = self.point.share(commands)
+        if self._eval is None:
+            commands, self._deferred = self._deferred + commands, []
         for command in commands:
-            self._apply(command)
+            if self._eval is not None and _waits_for_validation(command):
+                self._deferred.append(command)
+            else:
+                self._apply(command)
+
+    # -- during validation ---------------------------------------------------------------
+
+    def begin_validation(self, batches: float) -> None:
+        """Control points while fit validates over one loader of ``batches`` batches.
+
+        Every rank must take part in the same agreements, so they are held only within the
+        fewest batches any rank will run (agreed here). pause, resume and set act at once;
+        checkpoint and stop wait for the validation's end (the checkpoint is then the one an
+        uninterrupted run has at that step); ``stop`` without a checkpoint ends it at once.
+        """
+        total = self.trainer.loop.total_batches
+        self._settle(self.point, total)
+        limit = batches
+        if self.point is not None:
+            limit = self.point.agree_min(batches)
+            self._eval_point = self.point.fresh()
+        self._eval = _Validation(limit, self.stop_agreed)
+
+    def validation_due(self, done: int) -> bool:
+        """Whether a control point falls after the ``done``-th validation batch."""
+        evaluation = self._eval
+        if evaluation is None or done > evaluation.limit:
+            return False
+        if self.point is None:
+            return self.channel is not None and bool(self.channel.commands)
+        return self._eval_point.due(done)
+
+    def at_validation_point(self, done: int) -> None:
+        self._eval.batch = done
+        self._advance(None if self.point is None else self._eval_point, done)
+
+    def validation_stopped(self) -> bool:
+        """Whether a stop without a checkpoint was applied during this validation."""
+        return self._eval is not None and self.stop_agreed and not self._eval.stop_before
+
+    def end_validation(self, done: int) -> None:
+        if self._eval is None:
+            return
+        if self.point is not None:
+            self._settle(self._eval_point, done)
+        self._eval = None
 
     def _accepted(self, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The commands rank 0 can apply; the others are answered with an error at once."""
@@ -164,7 +227,8 @@ class Controller:
         trainer = self.trainer
         action, args = command["action"], command.get("args") or {}
         step = trainer.global_step
-        log.info(f"rank {trainer.global_rank} applied {action}{_describe(args)} at step {step}")
+        where = f" (validation batch {self._eval.batch})" if self._eval is not None else ""
+        log.info(f"rank {trainer.global_rank} applied {action}{_describe(args)} at step {step}{where}")
         if action == "pause":
             self._reply(command, ok=True)
             self._pause()
@@ -248,6 +312,10 @@ class Controller:
                     self.state = "running"
                 elif command["action"] == "pause":
                     continue
+                elif self._eval is not None and _waits_for_validation(command):
+                    self._deferred.append(command)
+                    if command["action"] == "stop":
+                        self.state = "stopping"
                 else:
                     self._apply(command)
         self.progress(force=True)
@@ -275,6 +343,21 @@ class Controller:
                    "step_time": self._step_time, "time": time.time(),
                    "max_steps": trainer.config.max_steps, "max_epochs": trainer.config.max_epochs}
         self.channel.send({k: v for k, v in message.items() if v is not None})
+
+
+@dataclass
+class _Validation:
+    """The validation under way: how many of its batches hold control points, and where it is."""
+
+    limit: float
+    stop_before: bool  # a stop agreed before it began does not end it early
+    batch: int = 0
+
+
+def _waits_for_validation(command: dict[str, Any]) -> bool:
+    """Commands that act at the end of a validation: those that save a checkpoint."""
+    action = command["action"]
+    return action == "checkpoint" or (action == "stop" and (command.get("args") or {}).get("checkpoint", True))
 
 
 def _count(value: Any) -> int | None:

@@ -243,10 +243,17 @@ class ControlPoint:
         self.next_batch = max(int(values[-1]), total_batches + 1)
         return [int(v) for v in values[:-1]]
 
-    def agree(self, total_batches: int, flags: Sequence[int]) -> list[int]:
-        """``start`` and ``finish`` at once: the agreement of every rank, here."""
-        self.start(total_batches, flags)
-        return self.finish(total_batches)
+    def agree_min(self, value: float) -> float:
+        """The smallest ``value`` of any rank (``inf`` stays ``inf``), here."""
+        if self.group is None:
+            return value
+        box = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(box, op=dist.ReduceOp.MIN, group=self.group)
+        return float(box[0])
+
+    def fresh(self) -> "ControlPoint":
+        """A new schedule over the same group (a validation counts its own batches)."""
+        return ControlPoint(self.group, self.rank, self.interval_s)
 
     def abandon(self) -> None:
         """Forget a started agreement (a fit that ended by an exception left it behind)."""

@@ -634,19 +634,23 @@ class Trainer(TrainerCheckpoints):
 
     def _run_validation(self) -> None:
         self._publish_metrics()
-        self._run_eval_loop("validate", self._val_loaders, self.config.limit_val_batches)
+        try:
+            self._run_eval_loop("validate", self._val_loaders, self.config.limit_val_batches, controlled=True)
+        except _ValidationStopped as stopped:
+            log.info(f"validation at step {self.global_step} ended after {stopped.batches} batches by a stop "
+                     "command; its metrics are not logged")
         self._metrics.set_stage("train")
         self.module.train()
         self._controller.agree_now()
 
     def _run_eval_loop(self, stage: str, loaders: list[Any], limit: int | float,
-                       collect: bool = False) -> list[Any]:
+                       collect: bool = False, controlled: bool = False) -> list[Any]:
         hook = {"validate": "validation", "test": "test", "predict": "predict"}[stage]
         self._metrics.set_stage(stage)
         self._metrics.begin_epoch(stage)
         self._hooks(f"on_{hook}_start")
         self._hooks(f"on_{hook}_epoch_start")
-        outputs = self._eval_batches(stage, loaders, limit, collect)
+        outputs = self._eval_batches(stage, loaders, limit, collect, controlled=controlled)
         self._hooks.module(f"on_{hook}_epoch_end")
         results = self._publish_epoch_metrics(stage) if stage != "predict" else {}
         self._hooks.callbacks(f"on_{hook}_epoch_end")
@@ -660,7 +664,9 @@ class Trainer(TrainerCheckpoints):
                 for i in range(len(loaders))]
 
     def _eval_batches(self, stage: str, loaders: list[Any], limit: int | float, collect: bool,
-                      cap: float = math.inf) -> list[Any]:
+                      cap: float = math.inf, controlled: bool = False) -> list[Any]:
+        """Every loader's batches through the step; ``controlled``: commands act in between (fit's
+        validation, see ``Controller.begin_validation``)."""
         module = self.module
         hook = {"validate": "validation", "test": "test", "predict": "predict"}[stage]
         step_fn = getattr(module, f"{hook}_step")
@@ -673,6 +679,9 @@ class Trainer(TrainerCheckpoints):
                 n = min(cap, batch_limit(loader, limit, f"limit_{'val' if stage == 'validate' else stage}_batches"))
                 self._metrics.dataloader_suffix = f"/dataloader_idx_{dl_idx}" if pass_idx else ""
                 outputs: list[Any] = []
+                if controlled:
+                    self._controller.begin_validation(n)
+                done = 0
                 for batch_idx, batch in enumerate(loader):
                     if batch_idx >= n:
                         break
@@ -684,6 +693,14 @@ class Trainer(TrainerCheckpoints):
                     hooks(f"on_{hook}_batch_end", out, batch, batch_idx, dl_idx)
                     if collect:
                         outputs.append(out)
+                    done = batch_idx + 1
+                    if controlled and self._controller.validation_due(done):
+                        self._controller.at_validation_point(done)
+                        if self._controller.validation_stopped():
+                            self._controller.end_validation(done)
+                            raise _ValidationStopped(done)
+                if controlled:
+                    self._controller.end_validation(done)
                 all_outputs.append(outputs)
         self._metrics.dataloader_suffix = ""
         return all_outputs
@@ -727,3 +744,11 @@ class Trainer(TrainerCheckpoints):
 
     def __repr__(self) -> str:
         return f"Trainer(epoch={self.current_epoch}, global_step={self.global_step}, stage={self.stage})"
+
+
+class _ValidationStopped(Exception):
+    """A stop without a checkpoint, applied during fit's validation: the validation ends at once."""
+
+    def __init__(self, batches: int) -> None:
+        super().__init__(batches)
+        self.batches = batches

@@ -450,6 +450,110 @@ def test_a_stop_while_paused_ends_fit_at_the_paused_step(supervisor, trainer_for
     assert _command_checkpoints(tmp_path) == ["step=2-command.ckpt"]
 
 
+# -- during validation -------------------------------------------------------------------
+
+
+class ValidationCommands(Callback):
+    """Like ``Commands``, at the end of validation batch ``batch`` of the first validation; also notes,
+    per validation batch, the step, the temperature at its start, and whether the supervisor had a reply."""
+
+    def __init__(self, supervisor: StubSupervisor, batch: int, *commands: tuple[str, dict[str, Any] | None],
+                 then: Callable[[], None] | None = None) -> None:
+        self.supervisor, self.batch, self.commands, self.then = supervisor, batch, commands, then
+        self.ids: list[int] = []
+        self.seen: list[tuple[int, int, float, bool, float]] = []  # step, batch, temperature, replied, time
+
+    def on_validation_batch_start(self, trainer, module, batch, batch_idx, dataloader_idx=0) -> None:
+        replied = bool(self.supervisor.of_type("applied"))
+        self.seen.append((trainer.global_step, batch_idx, module.tunables["temperature"], replied, time.monotonic()))
+
+    def on_validation_batch_end(self, trainer, module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx != self.batch or self.ids:
+            return
+        self.ids = [self.supervisor.command(action, args) for action, args in self.commands]
+        channel = trainer._controller.channel
+        deadline = time.monotonic() + WAIT_S
+        while len(channel.commands) < len(self.commands):
+            assert time.monotonic() < deadline, "the rank did not receive the commands"
+            time.sleep(0.002)
+        if self.then is not None:
+            threading.Thread(target=self.then, daemon=True).start()
+
+
+def _validating_trainer(trainer_for, callback: Callback, max_steps: int = 4) -> Any:
+    """Validation after step 2 and step 4 over 8 batches."""
+    return trainer_for(max_steps=max_steps, callbacks=[callback], val_check_interval=2, logger=None,
+                       log_every_n_steps=1)
+
+
+def _validate_on(supervisor: StubSupervisor, trainer: Any) -> None:
+    supervisor.fit(trainer, Tempered(), make_loader(32), make_loader(64))
+
+
+def test_set_during_validation_applies_from_the_next_validation_batch(supervisor, trainer_for, traindeck_log):
+    commands = ValidationCommands(supervisor, 2, ("set", {"key": "temperature", "value": 2.0}))
+    _validate_on(supervisor, _validating_trainer(trainer_for, commands))
+
+    reply = supervisor.applied(commands.ids[0])
+    assert reply["ok"] and reply["step"] == 2
+    first = [(batch, temperature) for step, batch, temperature, _, _ in commands.seen if step == 2]
+    assert first == [(0, 1.0), (1, 1.0), (2, 1.0), (3, 2.0), (4, 2.0), (5, 2.0), (6, 2.0), (7, 2.0)]
+    assert "applied set key=temperature value=2.0 at step 2 (validation batch 3)" in traindeck_log.text
+
+
+def test_pause_during_validation_holds_it_until_resume(supervisor, trainer_for):
+    def resume_later() -> None:
+        supervisor.wait_for(lambda m: m["type"] == "applied")
+        time.sleep(0.5)
+        supervisor.command("resume")
+
+    commands = ValidationCommands(supervisor, 2, ("pause", None), then=resume_later)
+    _validate_on(supervisor, _validating_trainer(trainer_for, commands))
+
+    started = {batch: at for step, batch, _, _, at in commands.seen if step == 2}
+    assert started[3] - started[2] >= 0.45
+    assert [(m["ok"], m["step"]) for m in supervisor.of_type("applied")] == [(True, 2), (True, 2)]
+    assert len(commands.seen) == 16
+
+
+def test_a_checkpoint_asked_during_validation_is_taken_when_it_ends(supervisor, trainer_for, tmp_path):
+    commands = ValidationCommands(supervisor, 2, ("checkpoint", None))
+    _validate_on(supervisor, _validating_trainer(trainer_for, commands))
+
+    assert not any(replied for step, _, _, replied, _ in commands.seen if step == 2)
+    reply = supervisor.applied(commands.ids[0])
+    assert reply["ok"] and reply["step"] == 2
+    assert _command_checkpoints(tmp_path) == ["step=2-command.ckpt"]
+    assert load_checkpoint(Path(reply["detail"]["path"]))["loop"]["global_step"] == 2
+
+
+def test_a_stop_without_checkpoint_ends_validation_at_once_and_logs_none_of_it(supervisor, trainer_for, tmp_path):
+    commands = ValidationCommands(supervisor, 2, ("stop", {"checkpoint": False}))
+    trainer = _validating_trainer(trainer_for, commands, max_steps=10)
+    _validate_on(supervisor, trainer)
+
+    assert [(step, batch) for step, batch, *_ in commands.seen] == [(2, 0), (2, 1), (2, 2)]
+    assert trainer.global_step == 2
+    assert supervisor.applied(commands.ids[0])["step"] == 2
+    points = [p for m in supervisor.of_type("metrics") for p in m["points"]]
+    assert points and not any("val_loss" in p["values"] for p in points)
+    assert _command_checkpoints(tmp_path) == []
+
+
+def test_a_stop_during_validation_lets_it_finish_then_checkpoints_and_ends(supervisor, trainer_for, tmp_path):
+    commands = ValidationCommands(supervisor, 2, ("stop", None))
+    trainer = _validating_trainer(trainer_for, commands, max_steps=10)
+    _validate_on(supervisor, trainer)
+
+    assert [batch for step, batch, *_ in commands.seen] == list(range(8))
+    assert trainer.global_step == 2
+    reply = supervisor.applied(commands.ids[0])
+    assert reply["ok"] and reply["step"] == 2
+    assert _command_checkpoints(tmp_path) == ["step=2-command.ckpt"]
+    points = [p for m in supervisor.of_type("metrics") for p in m["points"]]
+    assert any("val_loss" in p["values"] for p in points)
+
+
 # -- metrics -----------------------------------------------------------------------------
 
 

@@ -127,6 +127,37 @@ def test_every_rank_applies_commands_at_the_step_in_the_reply(env: dict[str, str
         ("resume", step, True)]
 
 
+def val_records(run_dir: Path, rank: int) -> list[dict[str, Any]]:
+    path = run_dir / f"val-rank{rank}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_commands_during_a_validation_act_on_every_rank_at_the_same_validation_batch(env: dict[str, str]) -> None:
+    run_dir = start("validating", "--max-steps", "8", "--val-every", "4", "--val-batches", "40", "--val-sleep", "0.1",
+                    "--pg-timeout", "3", devices=2)
+    wait_for(lambda: len(val_records(run_dir, 0)) >= 2, 90, "the first validation to begin")
+    paused = ctl("validating", "pause")
+    time.sleep(7.0)  # twice the process-group timeout, inside a validation
+    set_t = ctl("validating", "set", "temperature=2")
+    resumed = ctl("validating", "resume")
+    saved = ctl("validating", "checkpoint")
+    at_checkpoint = [r for r in val_records(run_dir, 0) if r["step"] == 4]
+    assert all(r["ok"] for r in (paused, set_t, resumed, saved))
+    assert paused["step"] == set_t["step"] == resumed["step"] == saved["step"] == 4
+    assert len(at_checkpoint) == 40  # the checkpoint waited for the validation's end
+    assert Path(saved["detail"]["path"]).name == "step=4-command.ckpt"
+    record = wait_state(run_dir, TERMINAL)
+    assert record["state"] == "finished" and record["step"] == 8
+    changed_at = []
+    for rank in (0, 1):
+        first = [r for r in val_records(run_dir, rank) if r["step"] == 4]
+        assert [r["batch"] for r in first] == list(range(40))
+        changed_at.append(next(r["batch"] for r in first if r["temperature"] == 2.0))
+        log = (run_dir / "logs" / f"rank{rank}.log").read_text()
+        assert f"rank {rank} applied set key=temperature value=2 at step 4 (validation batch {changed_at[-1]})" in log
+    assert changed_at[0] == changed_at[1] < 40
+
+
 def test_stop_while_paused_saves_a_checkpoint_and_ends_the_run(env: dict[str, str]) -> None:
     run_dir = start("stopper", "--max-steps", "400", "--sleep", "0.02")
     wait_running(run_dir)

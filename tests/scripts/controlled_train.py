@@ -3,6 +3,9 @@
 Every rank appends one JSON line per finished batch to `<run dir>/steps-rank<N>.jsonl`
 (global step, learning rate, the module's `temperature` tunable, the loss), so a test can
 see at which step each rank's values changed, and whether the losses match another run.
+With `--val-batches N`, fit validates over N batches per rank every `--val-every` steps, each
+taking `--val-sleep` s, and every rank appends one line per validation batch to
+`<run dir>/val-rank<N>.jsonl` (global step, batch, the temperature it was run with).
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ from engine.callbacks import Callback, ModelCheckpoint
 
 
 class Net(Module):
-    def __init__(self, sleep: float, fail_at: int) -> None:
+    def __init__(self, sleep: float, fail_at: int, val_sleep: float = 0.0) -> None:
         super().__init__()
-        self.sleep, self.fail_at = sleep, fail_at
+        self.sleep, self.fail_at, self.val_sleep = sleep, fail_at, val_sleep
         self.net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
         self.register_tunable("temperature", 1.0)
 
@@ -36,6 +39,14 @@ class Net(Module):
         loss = nn.functional.cross_entropy(self.net(x) / self.tunables["temperature"], y)
         self.log("train/loss", loss)
         return loss
+
+    def validation_step(self, batch, batch_idx):
+        time.sleep(self.val_sleep)
+        x, y = batch
+        self.log("val/loss", nn.functional.cross_entropy(self.net(x), y), sync_dist=True)
+        record = {"step": self.global_step, "batch": batch_idx, "temperature": self.tunables["temperature"]}
+        with open(Path(self.trainer.run_dir) / f"val-rank{self.global_rank}.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -56,6 +67,9 @@ def main() -> None:
     parser.add_argument("--fail-at", type=int, default=-1)
     parser.add_argument("--pg-timeout", type=float, default=1800.0)
     parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--val-batches", type=int, default=0)
+    parser.add_argument("--val-every", type=int, default=10)
+    parser.add_argument("--val-sleep", type=float, default=0.0)
     args = parser.parse_args()
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(3)
@@ -64,8 +78,12 @@ def main() -> None:
     torch.manual_seed(0)
     trainer = Trainer(max_steps=args.max_steps, seed=11, enable_progress_bar=False, num_sanity_val_steps=0,
                       accelerator="cpu", process_group_timeout_s=args.pg_timeout, log_every_n_steps=args.log_every,
-                      callbacks=[Steps(), ModelCheckpoint(every_n_train_steps=10)])
-    trainer.fit(Net(args.sleep, args.fail_at), DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True))
+                      val_check_interval=args.val_every, callbacks=[Steps(), ModelCheckpoint(every_n_train_steps=10)])
+    world = trainer.world_size
+    val = DataLoader(TensorDataset(x[:1].repeat(8 * args.val_batches * world, 1),
+                                   y[:1].repeat(8 * args.val_batches * world)), batch_size=8)
+    train = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True)
+    trainer.fit(Net(args.sleep, args.fail_at, args.val_sleep), train, val if args.val_batches else None)
 
 
 if __name__ == "__main__":
