@@ -22,7 +22,8 @@ import torch.distributed as dist
 from engine._announce import log
 from engine._errors import ConfigError
 from engine._failures import report_failures
-from engine._launcher import group_exit_status, relaunch_command, run_launcher, set_parent_death_signal
+from engine._launcher import (group_exit_status, relaunch_command, run_launcher, set_parent_death_signal,
+                              skip_shutdown_collections)
 from engine._run_dir import RUN_DIR_ENV, TORCHRUN_ARGS_ENV, choose_run_dir
 
 __all__ = [
@@ -121,6 +122,7 @@ def launch_group(config: Any) -> NoReturn:
     status = run_launcher(command)
     if status != 0:
         report_failures(run_dir, since=started)
+    skip_shutdown_collections()  # the group's status is known: do not keep the caller waiting on our exit
     raise SystemExit(group_exit_status(status, run_dir, started))
 
 
@@ -141,6 +143,7 @@ def init_group(device: torch.device, timeout_s: float) -> None:
     except (RuntimeError, ValueError) as exc:
         raise ConfigError(f"could not join the process group ({backend}): {exc}; check MASTER_ADDR/"
                           "MASTER_PORT or the rendezvous endpoint") from exc
+    skip_shutdown_collections()  # torchrun, and so the whole job, waits on every rank's exit
 
 
 def _attempt_store(timeout: timedelta) -> Any:

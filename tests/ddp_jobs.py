@@ -21,10 +21,13 @@ import psutil
 import pytest
 import torch
 
+from engine._launcher import TORCHRUN as TORCHRUN_WRAPPER
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tests" / "scripts" / "ddp_train.py"
 RUN_TIMEOUT_S = 180.0
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--monitor-interval", "0.5"]
+TORCHRUN_NAMES = {"torch.distributed.run", TORCHRUN_WRAPPER}  # torchrun as users start it, as the Trainer does
 
 __all__ = ["Job", "launch", "torchrun", "results", "progress", "wait_for_steps", "processes", "describe",
            "free_port", "SCRIPT", "TORCHRUN"]
@@ -95,10 +98,11 @@ class Job:
             return psutil.Process(self.proc.pid)
         for proc in self.processes():
             try:
-                if role == "torchrun" and "torch.distributed.run" in proc.cmdline():
+                is_torchrun = bool(TORCHRUN_NAMES.intersection(proc.cmdline()))
+                if role == "torchrun" and is_torchrun:
                     return proc
                 if role.startswith("rank") and proc.environ().get("RANK") == role.removeprefix("rank") \
-                        and "torch.distributed.run" not in proc.cmdline():
+                        and not is_torchrun:
                     return proc
             except psutil.Error:
                 continue

@@ -166,6 +166,8 @@ def follow(run_dir: Path, socket_path: str) -> int:
                 failure = event.get("failure") or {}
                 if failure.get("rank") is not None:
                     print(f"traindeck: rank {failure['rank']} failed: {failure.get('message')}", file=sys.stderr)
+                if event.get("source") == "supervisor":
+                    break  # the run has ended (its logs came before this): no need to wait out the linger
             elif kind == "bye":
                 break
     record = read_run_file(run_dir) or {}
