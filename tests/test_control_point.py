@@ -41,7 +41,7 @@ def _rank(rank: int, port: int, results: Any) -> None:
 
 
 def _agree_with_a_late_peer() -> dict[int, dict[str, Any]]:
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("fork")  # torch is imported already: no second import
     results = context.Queue()
     port = free_port()
     procs = [context.Process(target=_rank, args=(rank, port, results)) for rank in (0, 1)]
