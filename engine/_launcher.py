@@ -43,14 +43,14 @@ def relaunch_command(nproc_per_node: int, num_nodes: int, script_argv: Sequence[
 _skipping_collections = False
 
 
-def skip_shutdown_collections(collect: bool = True) -> None:
+def skip_shutdown_collections() -> None:
     """At exit, keep the interpreter's shutdown garbage collections off the heap this process built.
 
     While it tears modules down CPython runs several full collections; with torch (and the
     sympy/dynamo stack DDP pulls in) a process holds ~300k tracked objects, so that costs
     1-2 s per process on a busy 2-core machine -- paid by every rank, then torchrun, then
     the launcher, one after the other, after the last step. At exit this runs one full
-    collection (``collect``: garbage that exists now is finalized as usual), then
+    collection (garbage that exists now is finalized as usual), then
     ``gc.freeze()``: what is still alive goes to the permanent generation, which the
     shutdown collections skip. Modules are still torn down and refcounts still free
     objects; only cycles that become unreachable during that teardown are left to the OS,
@@ -62,8 +62,7 @@ def skip_shutdown_collections(collect: bool = True) -> None:
     _skipping_collections = True
 
     def freeze() -> None:
-        if collect:
-            gc.collect()
+        gc.collect()
         gc.freeze()
 
     atexit.register(freeze)

@@ -120,6 +120,19 @@ class StubSupervisor:
         self._thread.join(WAIT_S)
 
 
+def _send_and_wait(supervisor: StubSupervisor, trainer: Any,
+                   commands: tuple[tuple[str, dict[str, Any] | None], ...]) -> list[int]:
+    """Have the supervisor send ``commands``; wait until the rank holds them all (they apply at its next
+    point). Returns their ids."""
+    ids = [supervisor.command(action, args) for action, args in commands]
+    channel = trainer._controller.channel
+    deadline = time.monotonic() + WAIT_S
+    while len(channel.commands) < len(commands):
+        assert time.monotonic() < deadline, "the rank did not receive the commands"
+        time.sleep(0.002)
+    return ids
+
+
 class Commands(Callback):
     """At the end of the batch that brings global_step to ``step``, has the supervisor send
     ``commands`` and waits until the rank has received them all, so they apply at that step."""
@@ -131,12 +144,7 @@ class Commands(Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if trainer.global_step != self.step or self.ids:
             return
-        self.ids = [self.supervisor.command(action, args) for action, args in self.commands]
-        channel = trainer._controller.channel
-        deadline = time.monotonic() + WAIT_S
-        while len(channel.commands) < len(self.commands):
-            assert time.monotonic() < deadline, "the rank did not receive the commands"
-            time.sleep(0.002)
+        self.ids = _send_and_wait(self.supervisor, trainer, self.commands)
 
 
 def _channel_threads() -> set[int | None]:
@@ -470,12 +478,7 @@ class ValidationCommands(Callback):
     def on_validation_batch_end(self, trainer, module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if batch_idx != self.batch or self.ids:
             return
-        self.ids = [self.supervisor.command(action, args) for action, args in self.commands]
-        channel = trainer._controller.channel
-        deadline = time.monotonic() + WAIT_S
-        while len(channel.commands) < len(self.commands):
-            assert time.monotonic() < deadline, "the rank did not receive the commands"
-            time.sleep(0.002)
+        self.ids = _send_and_wait(self.supervisor, trainer, self.commands)
         if self.then is not None:
             threading.Thread(target=self.then, daemon=True).start()
 
