@@ -285,6 +285,7 @@ class Controller:
         self.progress(force=True)
         decisions = 0
         trainer = self.trainer
+        trainer.publish_now()
         while self.state == "paused":
             time.sleep(PAUSE_POLL_S)
             self.progress()

@@ -717,6 +717,12 @@ class Trainer(TrainerCheckpoints):
     def _publish_metrics(self) -> None:
         self._publisher.flush()
 
+    def publish_now(self) -> None:
+        """Send pending step metrics and push the loggers' buffers to disk (a pause shows everything before it)."""
+        self._publisher.flush()
+        for logger in self.loggers:
+            logger.flush()
+
     def _publish_epoch_metrics(self, stage: str) -> dict[str, float]:
         return self._publisher.publish_epoch(stage, self.loop.epoch, self.loop.global_step)
 

@@ -415,6 +415,32 @@ def test_pause_holds_training_until_resume(supervisor, trainer_for):
     assert [(m["ok"], m["step"]) for m in applied] == [(True, 3), (True, 3)]
 
 
+def test_a_pause_publishes_every_step_before_it_to_the_supervisor_and_tensorboard(supervisor, trainer_for,
+                                                                                   tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    seen: dict[str, list[int]] = {}
+
+    def look_then_resume() -> None:
+        supervisor.wait_for(lambda m: m["type"] == "applied")
+        time.sleep(0.2)
+        try:
+            seen["supervisor"] = [p["step"] for m in supervisor.of_type("metrics") for p in m["points"]]
+            events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+            events.Reload()
+            seen["tensorboard"] = [e.step for e in events.Scalars("train_loss")]
+        finally:
+            supervisor.command("resume")
+
+    looker = threading.Thread(target=look_then_resume, daemon=True)
+    looker.start()
+    commands = Commands(supervisor, 3, ("pause", None))
+    supervisor.fit(trainer_for(max_steps=6, callbacks=[commands], logger=True, log_every_n_steps=1),
+                   TinyClassifier(), make_loader())
+    looker.join(WAIT_S)
+    assert seen == {"supervisor": [0, 1, 2], "tensorboard": [0, 1, 2]}  # a step logs under its index
+
+
 def test_progress_says_paused_during_a_pause_and_running_after(supervisor, trainer_for):
     def resume_later() -> None:
         supervisor.wait_for(lambda m: m["type"] == "applied")

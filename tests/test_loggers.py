@@ -191,6 +191,35 @@ def test_tensorboard_resume_purges_steps_after_restored_step(tmp_path):
     assert _scalars(_accumulator(tmp_path), "loss") == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 30.0)]
 
 
+def test_tensorboard_records_carry_the_checksums_tensorboard_computes():
+    import struct
+
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    from engine.loggers._event_file import frame_record
+
+    for data in (b"", b"x", bytes(range(256)) * 5):
+        record = frame_record(data)
+        header, header_crc = record[:8], struct.unpack("<I", record[8:12])[0]
+        assert struct.unpack("<Q", header)[0] == len(data)
+        assert header_crc == masked_crc32c(header)
+        assert record[12:-4] == data
+        assert struct.unpack("<I", record[-4:])[0] == masked_crc32c(data)
+
+
+def test_tensorboard_scalars_reach_disk_within_flush_secs_while_the_run_goes_on(tmp_path):
+    logger = TensorBoardLogger(save_dir=tmp_path, flush_secs=0.2)
+    logger.log_metrics({"loss": 1.0}, step=0)
+    time.sleep(0.25)
+    logger.log_metrics({"loss": 0.5}, step=1)
+
+    assert _scalars(_accumulator(tmp_path), "loss") == [(0, 1.0), (1, 0.5)]
+    logger.log_metrics({"loss": 0.25}, step=2)
+    logger.flush()
+    assert _scalars(_accumulator(tmp_path), "loss")[-1] == (2, 0.25)
+    logger.finalize("success", {})
+
+
 def test_tensorboard_rejects_non_positive_flush_secs():
     with pytest.raises(ConfigError):
         TensorBoardLogger(flush_secs=0)

@@ -15,7 +15,7 @@ from .._errors import ConfigError
 from ._base import Logger
 
 if TYPE_CHECKING:
-    from torch.utils.tensorboard import SummaryWriter
+    from ._event_file import EventFile
 
 __all__ = ["TensorBoardLogger"]
 
@@ -55,7 +55,7 @@ class TensorBoardLogger(Logger):
         self._dir = self._save_dir
         self._log_graph = bool(log_graph)
         self._flush_secs = flush_secs
-        self._writer: SummaryWriter | None = None
+        self._writer: EventFile | None = None
         self._hparams: dict[str, bool | int | float | str] | None = None
         self._last_step: int | None = None
         self._resume_step: int | None = None
@@ -76,10 +76,10 @@ class TensorBoardLogger(Logger):
     def log_hyperparams(self, params: Mapping[str, Any]) -> None:
         """Keep the flattened hyperparameters; they are written with the final metrics.
 
-        Called before training starts, so it also pays for importing the writer (0.1-0.2 s)
+        Called before training starts, so it also pays for importing TensorBoard's protos
         there instead of at the first flush, in the middle of the loop.
         """
-        importlib.import_module("torch.utils.tensorboard")
+        importlib.import_module("engine.loggers._event_file")
         self._hparams = {**(self._hparams or {}), **flatten_hparams(params)}
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
@@ -87,21 +87,23 @@ class TensorBoardLogger(Logger):
 
         summary = Summary(value=[Summary.Value(tag=str(name), simple_value=float(value))
                                  for name, value in metrics.items()])
-        self._get_writer()._get_file_writer().add_summary(summary, int(step))  # one event per step, not per value
+        self._get_writer().add_summary(summary, int(step))  # one event per step, not per value
         self._last_step = int(step) if self._last_step is None else max(self._last_step, int(step))
 
     def log_graph(self, model: Any, example_input: Any) -> None:
         """Trace ``model`` on ``example_input`` if enabled; a failed trace warns once, never raises."""
         if not self._log_graph or example_input is None:
             return
-        writer = self._get_writer()
+        from tensorboard.compat.proto.event_pb2 import Event, TaggedRunMetadata
+        from torch.utils.tensorboard._pytorch_graph import graph
+
         captured = io.StringIO()
         try:
             with warnings.catch_warnings(), contextlib.redirect_stdout(captured):
                 warnings.filterwarnings(
                     "ignore", message=r"`torch\.jit\.trace", category=DeprecationWarning
                 )
-                writer.add_graph(model, example_input)
+                graph_def, step_stats = graph(model, example_input)
         except Exception as exc:
             if not self._graph_warned:
                 self._graph_warned = True
@@ -112,10 +114,15 @@ class TensorBoardLogger(Logger):
                     type(exc).__name__,
                     exc,
                 )
+            return
+        writer = self._get_writer()
+        writer.add(Event(wall_time=time.time(), graph_def=graph_def.SerializeToString()))
+        writer.add(Event(wall_time=time.time(), tagged_run_metadata=TaggedRunMetadata(
+            tag="step1", run_metadata=step_stats.SerializeToString())))
 
     def flush(self) -> None:
         if self._writer is not None:
-            self._writer.flush()
+            self._writer.write()
 
     def finalize(self, status: str, final_metrics: Mapping[str, float]) -> None:
         """Write the hparams session with ``final_metrics`` and ``status``, then close the writer."""
@@ -131,6 +138,7 @@ class TensorBoardLogger(Logger):
         self._last_step = self._resume_step = state.get("step")
 
     def _write_hparams(self, status: str, final_metrics: Mapping[str, float]) -> None:
+        from tensorboard.compat.proto.summary_pb2 import Summary
         from torch.utils.tensorboard.summary import hparams
 
         metrics = {FINAL_METRIC_PREFIX + str(k): float(v) for k, v in final_metrics.items()}
@@ -139,23 +147,22 @@ class TensorBoardLogger(Logger):
         writer = self._get_writer()
         step = self._last_step or 0
         for summary in (exp, ssi, sei):
-            writer.file_writer.add_summary(summary, step)
-        for tag, value in metrics.items():
-            writer.add_scalar(tag, value, step)
+            writer.add_summary(summary, step)
+        if metrics:
+            writer.add_summary(Summary(value=[Summary.Value(tag=tag, simple_value=value)
+                                              for tag, value in metrics.items()]), step)
 
-    def _get_writer(self) -> SummaryWriter:
+    def _get_writer(self) -> EventFile:
         if self._writer is None:
             if self._dir is None:
                 raise ConfigError(
                     "TensorBoardLogger has no directory: pass save_dir=... or let the "
                     "Trainer call bind(run_dir) before logging."
                 )
-            from torch.utils.tensorboard import SummaryWriter
+            from ._event_file import EventFile
 
             purge_step = None if self._resume_step is None else self._resume_step + 1
-            self._writer = SummaryWriter(
-                log_dir=str(self._dir), purge_step=purge_step, flush_secs=self._flush_secs
-            )
+            self._writer = EventFile(self._dir, self._flush_secs, purge_step)
             self._resume_step = None
         return self._writer
 
