@@ -45,18 +45,31 @@ def _as_scalar(name: str, value: Any) -> torch.Tensor | float:
 
 
 def materialise(values: Iterable[torch.Tensor | float]) -> list[float]:
-    """Floats for ``values`` with one transfer per device (the only place metrics sync)."""
+    """Floats for ``values`` with one transfer per accelerator device (the only place metrics sync).
+
+    A CPU tensor is read directly (no sync to wait for); accelerator tensors are stacked per
+    (device, dtype), converted once and copied over in one transfer per device.
+    """
     values = list(values)
     out: list[float | None] = [None] * len(values)
-    by_device: dict[torch.device, list[int]] = {}
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, v in enumerate(values):
-        if isinstance(v, torch.Tensor):
-            by_device.setdefault(v.device, []).append(i)
-        else:
+        if not isinstance(v, torch.Tensor):
             out[i] = float(v)
-    for idx in by_device.values():
-        stacked = torch.stack([values[i].reshape(()).to(torch.float64) for i in idx])  # type: ignore[union-attr]
-        for i, f in zip(idx, stacked.tolist()):
+        elif v.is_cpu:
+            x = v.tolist()
+            while isinstance(x, list):  # a one-element tensor of shape (1,), (1, 1), ...
+                x = x[0]
+            out[i] = float(x)
+        else:
+            groups.setdefault((v.device, v.dtype), []).append(i)
+    by_device: dict[torch.device, list[tuple[list[int], torch.Tensor]]] = {}
+    for (device, _), idx in groups.items():
+        scalars = [values[i].reshape(()) for i in idx]  # type: ignore[union-attr]
+        by_device.setdefault(device, []).append((idx, torch.stack(scalars).to(torch.float64)))
+    for parts in by_device.values():
+        floats = torch.cat([stacked for _, stacked in parts]).tolist()
+        for i, f in zip((i for idx, _ in parts for i in idx), floats):
             out[i] = f
     return out  # type: ignore[return-value]
 

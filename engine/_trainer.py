@@ -39,6 +39,7 @@ from engine._distributed import (
 from engine._launcher import STARTUP_PARENT
 from engine._failures import write_failure
 from engine._errors import ConfigError, ModuleError, NonFiniteLossError
+from engine._heap import HeapFreezer
 from engine._hooks import HookDispatcher
 from engine._loop_state import LoopState
 from engine._metrics import MetricCollector
@@ -111,6 +112,7 @@ class Trainer(TrainerCheckpoints):
         self._preemption = PreemptionWatch(())
         self._ddp: torch.nn.parallel.DistributedDataParallel | None = None
         self._controller = Controller(self, None, None)
+        self._heap = HeapFreezer()
 
     # -- attributes users reach for ------------------------------------------------------
 
@@ -210,6 +212,7 @@ class Trainer(TrainerCheckpoints):
             self._hooks("on_train_start")
             self._controller.begin_fit()
             self._controller.agree_now()
+            self._heap.start()
             while not self._fit_done():
                 self._run_train_epoch()
             self._controller.progress(force=True)
@@ -310,6 +313,7 @@ class Trainer(TrainerCheckpoints):
                 if status == "success":
                     raise
             finally:
+                self._heap.release()
                 self.wait_for_checkpoints()
                 final = self._metrics.latest() if status != "failed" else {}
                 for logger in self.loggers:
@@ -445,6 +449,7 @@ class Trainer(TrainerCheckpoints):
             if time.monotonic() >= self._publisher.next_flush:
                 self._publish_metrics()
                 self._controller.progress()
+                self._heap.maybe_freeze()
             if self._should_validate(batch_idx):
                 self._run_validation()
             if self._controller.due(self.loop.total_batches):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -179,6 +181,17 @@ def test_many_values_fold_to_the_exact_weighted_mean():
     expected = float((values.double() * weights).sum() / weights.sum())
     all_values, _ = collector.end_epoch("validate")
     assert all_values["v"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_materialise_gives_each_value_exactly_whatever_its_dtype_and_one_element_shape():
+    from engine._metrics import materialise
+
+    values = [torch.tensor(0.1, dtype=torch.float32), torch.tensor([2**40 + 1]), torch.tensor([[True]]),
+              torch.tensor(0.1, dtype=torch.bfloat16), 3, 0.25, torch.tensor(float("nan"), dtype=torch.float16)]
+    out = materialise(values)
+    assert out[:6] == [float(torch.tensor(0.1, dtype=torch.float32).double()), float(2**40 + 1), 1.0,
+                       float(torch.tensor(0.1, dtype=torch.bfloat16).double()), 3.0, 0.25]
+    assert all(type(x) is float for x in out) and math.isnan(out[6])
 
 
 # -- misuse -----------------------------------------------------------------------------

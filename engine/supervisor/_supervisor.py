@@ -59,6 +59,7 @@ class Supervisor:
         self.name = record.get("name") or self.run_dir.name
         self.linger_s = linger_s
         self.history = MetricHistory()
+        self._unrecorded: list[tuple[int, float, dict[str, float | None]]] = []  # broadcast, not yet in history
         self.telemetry = TelemetrySampler()
         self.latest_telemetry: dict[str, Any] = {}
         self.state = "starting"
@@ -221,25 +222,38 @@ class Supervisor:
                 self._set_state("restarting" if self.record.get("torchrun_args") else "stopping")
 
     def _on_metrics(self, conn: Connection, message: dict[str, Any]) -> None:
+        """On disk (metrics.jsonl), then to clients, then (later in the loop) into the history snapshots send."""
         if self._metrics_file is None:
-            self._metrics_file = open(self.run_dir / "metrics.jsonl", "a", buffering=1, encoding="utf-8")
-        points = []
+            self._metrics_file = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        points, lines, numbers = [], [], []
         for point in message["points"]:
             if not (isinstance(point, dict) and isinstance(point.get("step"), int)
                     and isinstance(point.get("values"), dict)):
                 continue
             when = point.get("time") if isinstance(point.get("time"), (int, float)) else time.time()
-            numbers = {str(k): _metric_value(v) for k, v in point["values"].items()}
-            values = {k: point["values"][k] for k, v in numbers.items() if v is not None}
+            parsed = {str(k): _metric_value(v) for k, v in point["values"].items()}
+            values = {k: point["values"][k] for k, v in parsed.items() if v is not None}
             line = {"step": point["step"], "time": when, "metrics": values}
             if point.get("stage") in STAGES:
                 line["stage"] = point["stage"]
-            self._metrics_file.write(json.dumps(line) + "\n")
-            for name in values:
-                self.history.add(name, point["step"], when, numbers[name])
+            lines.append(json.dumps(line) + "\n")
             points.append({"step": point["step"], "time": when, "values": values})
-        if points:
-            self.server.broadcast("metrics", {"type": "metrics", "points": points})
+            numbers.append((point["step"], when, parsed))
+        if not points:
+            return
+        self._metrics_file.write("".join(lines))
+        self._metrics_file.flush()
+        self.server.broadcast("metrics", {"type": "metrics", "points": points})
+        if not self._unrecorded:  # once the clients' writers have run; a snapshot records them first
+            asyncio.get_running_loop().call_soon(self._record_history)
+        self._unrecorded.extend(numbers)
+
+    def _record_history(self) -> None:
+        unrecorded, self._unrecorded = self._unrecorded, []
+        for step, when, parsed in unrecorded:
+            for name, number in parsed.items():
+                if number is not None:
+                    self.history.add(name, step, when, number)
 
     def _on_progress(self, conn: Connection, message: dict[str, Any]) -> None:
         self.progress[message["rank"]] = message
@@ -260,6 +274,7 @@ class Supervisor:
         for path in sorted((self.run_dir / "logs").glob("rank*.log")):
             rank = path.stem.removeprefix("rank")
             logs.setdefault(rank, last_lines(path, LOG_LINES_KEPT))
+        self._record_history()
         conn.send({"type": "snapshot", "history": self.history.snapshot(), "state": self.state_dict(),
                    "logs": logs, "events": list(self.events), "telemetry": self.latest_telemetry})
 

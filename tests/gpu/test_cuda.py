@@ -67,6 +67,16 @@ def test_bf16_mixed_runs_bfloat16_forward(tmp_path: Path) -> None:
     assert torch.bfloat16 in module.dtypes
 
 
+def test_metrics_from_the_gpu_come_back_exact_in_one_transfer_per_device() -> None:
+    from engine._metrics import materialise
+
+    values = [torch.tensor(0.1, device="cuda"), 0.5, torch.tensor([2**40 + 1], device="cuda"),
+              torch.tensor(0.1, dtype=torch.bfloat16, device="cuda"), torch.tensor(0.3)]
+    assert materialise(values) == [float(torch.tensor(0.1).double()), 0.5, float(2**40 + 1),
+                                   float(torch.tensor(0.1, dtype=torch.bfloat16).double()),
+                                   float(torch.tensor(0.3).double())]
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs for NCCL")
 def test_two_gpus_train_with_ddp_over_nccl(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, str(SCRIPTS / "ddp_train.py"), str(tmp_path), "nccl",
