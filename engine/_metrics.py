@@ -187,6 +187,11 @@ class MetricCollector:
                 self._epoch_values[plain] = value
         return out, {name: v for name, v in out.items() if buffers[name].to_logger}
 
+    @property
+    def pending_values(self) -> int:
+        """Step values logged since the last flush."""
+        return len(self._pending)
+
     def flush(self) -> list[StepRecord]:
         """Materialise the step values waiting for the loggers, grouped by step."""
         if not self._pending:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -13,13 +13,16 @@ from engine._errors import NonFiniteLossError
 from engine._metrics import MetricCollector, materialise
 from engine.loggers._jsonl import encode_float
 
-__all__ = ["MetricPublisher", "FLUSH_INTERVAL_S"]
+__all__ = ["MetricPublisher", "FLUSH_INTERVAL_S", "FLUSH_AT_VALUES", "MESSAGE_VALUES"]
 
 FLUSH_INTERVAL_S = 0.25
+FLUSH_AT_VALUES = 4096  # a flush comes sooner when this many step values are waiting
+MESSAGE_VALUES = 1024  # at most this many values in one message to the supervisor (lines stay far below its limit)
 
 
 class MetricPublisher:
-    """Materialises pending values every ``FLUSH_INTERVAL_S`` and at epoch ends; feeds the loggers.
+    """Materialises pending values every ``FLUSH_INTERVAL_S`` (sooner when ``FLUSH_AT_VALUES`` are
+    waiting) and at epoch ends; feeds the loggers.
 
     The training losses it is handed stay on the device until a flush, where they are
     checked for NaN/Inf in one transfer (``on_nonfinite`` "raise" or "warn").
@@ -33,6 +36,9 @@ class MetricPublisher:
         self.losses: list[tuple[int, torch.Tensor]] = []
         self.next_flush = 0.0
         self.channel: Any = None
+
+    def due(self) -> bool:
+        return time.monotonic() >= self.next_flush or self.collector.pending_values >= FLUSH_AT_VALUES
 
     def flush(self) -> None:
         """Check pending losses, then hand every pending step value to the supervisor and the loggers."""
@@ -62,9 +68,10 @@ class MetricPublisher:
         if self.channel is not None:
             now = time.time()
             marked = {"stage": stage} if stage else {}
-            self.channel.send({"type": "metrics", "points": [
-                {"step": step, "time": now, "values": {k: encode_float(v) for k, v in values.items()}, **marked}
-                for step, values in records]})
+            for chunk in _chunks(records, MESSAGE_VALUES):
+                self.channel.send({"type": "metrics", "points": [
+                    {"step": step, "time": now, "values": {k: encode_float(v) for k, v in values.items()}, **marked}
+                    for step, values in chunk]})
         for step, values in records:
             self.logged.update(values)
             for logger in self.loggers:
@@ -82,3 +89,23 @@ class MetricPublisher:
                     raise NonFiniteLossError(message, step)
                 log.warning(message)
                 return
+
+
+def _chunks(records: Sequence[tuple[int, dict[str, float]]],
+            limit: int) -> Iterator[list[tuple[int, dict[str, float]]]]:
+    """``records`` in runs of at most ``limit`` values; only a step with more than that is split."""
+    chunk: list[tuple[int, dict[str, float]]] = []
+    size = 0
+    for step, values in records:
+        if chunk and size + len(values) > limit:
+            yield chunk
+            chunk, size = [], 0
+        if len(values) <= limit:
+            chunk.append((step, values))
+            size += len(values)
+            continue
+        items = list(values.items())
+        for start in range(0, len(items), limit):
+            yield [(step, dict(items[start:start + limit]))]
+    if chunk:
+        yield chunk

@@ -446,7 +446,7 @@ class Trainer(TrainerCheckpoints):
                 break
             if self._train_batch(batch, batch_idx) == -1:
                 break
-            if time.monotonic() >= self._publisher.next_flush:
+            if self._publisher.due():
                 self._publish_metrics()
                 self._controller.progress()
                 self._heap.maybe_freeze()

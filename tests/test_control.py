@@ -596,6 +596,34 @@ def test_metrics_reach_the_supervisor_as_points(supervisor, trainer_for, tmp_pat
     assert all(isinstance(v, float) for v in losses.values())
 
 
+class ManyMetrics(TinyClassifier):
+    """Logs ``per_step`` values every step besides the loss."""
+
+    def __init__(self, per_step: int) -> None:
+        super().__init__()
+        self.per_step = per_step
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.log_dict({f"m{i:04d}": loss for i in range(self.per_step)})
+        return loss
+
+
+@pytest.mark.parametrize("per_step", [300, 1500])
+def test_a_large_flush_reaches_the_supervisor_whole_in_messages_of_at_most_1024_values(supervisor, trainer_for,
+                                                                                      per_step):
+    trainer = trainer_for(max_steps=6, logger=None, log_every_n_steps=1)
+    supervisor.fit(trainer, ManyMetrics(per_step), make_loader())
+    messages = supervisor.of_type("metrics")
+    sizes = [sum(len(p["values"]) for p in m["points"]) for m in messages]
+    assert max(sizes) <= 1024 and len(messages) >= 6 * per_step // 1024
+    received: dict[int, set[str]] = {}
+    for m in messages:
+        for p in m["points"]:
+            received.setdefault(p["step"], set()).update(p["values"])
+    assert {step: len(names) for step, names in received.items()} == {step: per_step + 1 for step in range(6)}
+
+
 def test_under_a_supervisor_the_trainer_writes_no_metrics_jsonl(supervisor, trainer_for, tmp_path):
     trainer = trainer_for(max_steps=4, logger=None, log_every_n_steps=1)
     supervisor.fit(trainer, TinyClassifier(), make_loader())

@@ -207,6 +207,23 @@ def test_tensorboard_records_carry_the_checksums_tensorboard_computes():
         assert struct.unpack("<I", record[-4:])[0] == masked_crc32c(data)
 
 
+@pytest.mark.parametrize("step", [0, 7, 300, 2**40, -1])
+def test_tensorboard_scalar_events_are_the_bytes_the_event_proto_serialises_to(step):
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    from engine.loggers._event_file import scalars_event
+
+    metrics = {"loss": 0.25, "lr": 3e-4, "big": 1e39, "tiny": -1e-50, "inf": float("-inf"), "é/ü": 1.0,
+               "x" * 200: 2.0, **{f"m{i:02d}": i / 7 for i in range(40)}}
+    expected = Event(wall_time=1.7e9 + 0.123, step=step, summary=Summary(
+        value=[Summary.Value(tag=k, simple_value=v) for k, v in metrics.items()])).SerializeToString()
+    assert scalars_event(metrics, step, 1.7e9 + 0.123) == expected
+
+    nan = Event.FromString(scalars_event({"nan": float("nan")}, step, 0.0))
+    assert math.isnan(nan.summary.value[0].simple_value)
+
+
 def test_tensorboard_scalars_reach_disk_within_flush_secs_while_the_run_goes_on(tmp_path):
     logger = TensorBoardLogger(save_dir=tmp_path, flush_secs=0.2)
     logger.log_metrics({"loss": 1.0}, step=0)

@@ -128,3 +128,39 @@ def test_start_up_summary_is_printed_once_per_trainer(make_trainer, traindeck_lo
 def test_validate_reports_its_results(make_trainer, traindeck_log):
     make_trainer().validate(TinyClassifier(), make_loader(8))
     assert any(m.startswith("validate results: val_loss ") for m in _messages(traindeck_log))
+
+
+def test_a_flush_comes_before_its_interval_once_4096_values_are_waiting(make_trainer, monkeypatch):
+    import engine._publish
+    import engine._trainer
+    from engine.callbacks import Callback
+    from engine.loggers import Logger
+
+    for module in (engine._publish, engine._trainer):
+        monkeypatch.setattr(module, "FLUSH_INTERVAL_S", 60.0)
+
+    class Steps(Logger):
+        def __init__(self) -> None:
+            self.steps: list[int] = []
+
+        def log_metrics(self, metrics, step):
+            self.steps.append(step)
+
+    class Seen(Callback):
+        def __init__(self, logger: Steps) -> None:
+            self.logger, self.seen = logger, []
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            self.seen.append(len(self.logger.steps))
+
+    class Wide(TinyClassifier):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            self.log_dict({f"m{i:04d}": loss for i in range(1500)})
+            return loss
+
+    logger = Steps()
+    seen = Seen(logger)
+    make_trainer(max_steps=4, logger=logger, log_every_n_steps=1, callbacks=[seen]).fit(Wide(), make_loader())
+    # 4,503 values after the third step: flushed at once (seen at the next batch's end), not at the interval
+    assert seen.seen == [0, 0, 0, 3]

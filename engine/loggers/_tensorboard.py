@@ -83,11 +83,7 @@ class TensorBoardLogger(Logger):
         self._hparams = {**(self._hparams or {}), **flatten_hparams(params)}
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        from tensorboard.compat.proto.summary_pb2 import Summary
-
-        summary = Summary(value=[Summary.Value(tag=str(name), simple_value=float(value))
-                                 for name, value in metrics.items()])
-        self._get_writer().add_summary(summary, int(step))  # one event per step, not per value
+        self._get_writer().add_scalars(metrics, int(step))  # one event per step, not per value
         self._last_step = int(step) if self._last_step is None else max(self._last_step, int(step))
 
     def log_graph(self, model: Any, example_input: Any) -> None:
@@ -138,7 +134,6 @@ class TensorBoardLogger(Logger):
         self._last_step = self._resume_step = state.get("step")
 
     def _write_hparams(self, status: str, final_metrics: Mapping[str, float]) -> None:
-        from tensorboard.compat.proto.summary_pb2 import Summary
         from torch.utils.tensorboard.summary import hparams
 
         metrics = {FINAL_METRIC_PREFIX + str(k): float(v) for k, v in final_metrics.items()}
@@ -149,8 +144,7 @@ class TensorBoardLogger(Logger):
         for summary in (exp, ssi, sei):
             writer.add_summary(summary, step)
         if metrics:
-            writer.add_summary(Summary(value=[Summary.Value(tag=tag, simple_value=value)
-                                              for tag, value in metrics.items()]), step)
+            writer.add_scalars(metrics, step)
 
     def _get_writer(self) -> EventFile:
         if self._writer is None:
