@@ -1,47 +1,59 @@
-"""Keeping CPython's full garbage collections out of a long fit.
+"""Keeping CPython's full garbage collections out of a fit.
 
-A process that imported torch holds 200-300k objects the collector tracks. A training loop
+A process that imported torch holds 200-500k objects the collector tracks. A training loop
 allocates steadily (metric values that live until the next flush, batches, autograd graphs),
 and each time the survivors have grown the oldest generation by a quarter, CPython scans all
 of it: on the bench model logging 50 values a step that was a 205-290 ms stall every
-1.5-2 s, collecting nothing. Once a fit has run ``SETTLE_AFTER_S``, the heap is collected
-once and what is alive is frozen (``gc.freeze``), so later collections scan only objects made
-since. The fit's end unfreezes it, so whatever becomes garbage afterwards is collected as usual.
+1.5-2 s, collecting nothing. So after the first full collection in a fit (the heap has just
+been cleaned: nothing is kept that was garbage), what is alive is frozen (``gc.freeze``) and
+later collections scan only objects made since. The fit's end unfreezes it. A fit that never
+triggers a full collection is left alone and pays nothing.
 """
 
 from __future__ import annotations
 
 import gc
-import time
+from typing import Any
 
-__all__ = ["HeapFreezer", "SETTLE_AFTER_S"]
-
-SETTLE_AFTER_S = 2.0
+__all__ = ["HeapFreezer"]
 
 
 class HeapFreezer:
-    """Freezes the heap once a fit has run a while; a short fit never pays for the collection."""
+    """Watches for a fit's first full collection, then freezes the heap at the next call of ``maybe_freeze``."""
 
     def __init__(self) -> None:
-        self._due: float | None = None
         self.frozen = False
+        self._collected = False
+        self._watching = False
 
     def start(self) -> None:
-        self._due = time.monotonic() + SETTLE_AFTER_S
+        self._collected = False
+        if not self._watching:
+            gc.callbacks.append(self._on_collection)
+            self._watching = True
 
     def maybe_freeze(self) -> None:
-        """Collect and freeze if the fit has run long enough (once). Left alone when the
-        program turned the collector off or froze objects itself."""
-        if self._due is None or time.monotonic() < self._due:
+        """Freeze if a full collection has run since ``start``. Left alone when the program turned
+        the collector off or froze objects itself."""
+        if not self._collected:
             return
-        self._due = None
-        if gc.isenabled() and gc.get_freeze_count() == 0:
-            gc.collect()
+        self._stop_watching()
+        if not self.frozen and gc.isenabled() and gc.get_freeze_count() == 0:
             gc.freeze()
             self.frozen = True
 
     def release(self) -> None:
-        self._due = None
+        self._stop_watching()
         if self.frozen:
             gc.unfreeze()
             self.frozen = False
+
+    def _on_collection(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "stop" and info["generation"] == 2:
+            self._collected = True
+
+    def _stop_watching(self) -> None:
+        self._collected = False
+        if self._watching:
+            gc.callbacks.remove(self._on_collection)
+            self._watching = False

@@ -446,10 +446,10 @@ class Trainer(TrainerCheckpoints):
                 break
             if self._train_batch(batch, batch_idx) == -1:
                 break
+            self._heap.maybe_freeze()
             if self._publisher.due():
                 self._publish_metrics()
                 self._controller.progress()
-                self._heap.maybe_freeze()
             if self._should_validate(batch_idx):
                 self._run_validation()
             if self._controller.due(self.loop.total_batches):

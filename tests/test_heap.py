@@ -1,87 +1,82 @@
-"""A long fit freezes the heap once it has settled, so CPython's full collections stop stalling it."""
+"""After a fit's first full garbage collection the heap is frozen, so later ones stop stalling the loop."""
 
 from __future__ import annotations
 
 import gc
-import time
-import weakref
+from typing import Iterator
 
 import pytest
 
-import engine._heap
 from conftest import TinyClassifier, make_loader
 from engine.callbacks import Callback
 
 
 class FreezeCounts(Callback):
-    """``gc.get_freeze_count()`` at the end of every batch, after a pause that makes the fit last."""
+    """``gc.get_freeze_count()`` at the end of every batch; a full collection after batch ``collect_at``."""
 
-    def __init__(self, pause_s: float) -> None:
-        self.pause_s = pause_s
+    def __init__(self, collect_at: int | None = None) -> None:
+        self.collect_at = collect_at
         self.counts: list[int] = []
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        time.sleep(self.pause_s)
         self.counts.append(gc.get_freeze_count())
+        if batch_idx == self.collect_at:
+            gc.collect()
 
 
-class Cycle:
-    def __init__(self) -> None:
-        self.me = self
+@pytest.fixture(autouse=True)
+def no_automatic_full_collections() -> Iterator[None]:
+    """Full collections happen only where a test calls ``gc.collect()``."""
+    assert gc.get_freeze_count() == 0
+    thresholds = gc.get_threshold()
+    gc.set_threshold(thresholds[0], thresholds[1], 10**9)
+    yield
+    gc.set_threshold(*thresholds)
 
 
-@pytest.fixture
-def settle_quickly(monkeypatch):
-    monkeypatch.setattr(engine._heap, "SETTLE_AFTER_S", 0.2)
+def fit(make_trainer, counts: FreezeCounts, steps: int = 8) -> None:
+    make_trainer(max_steps=steps, callbacks=[counts]).fit(TinyClassifier(), make_loader(64, batch_size=4))
+
+
+def test_after_a_full_collection_the_heap_is_frozen_until_the_fit_ends(make_trainer):
+    counts = FreezeCounts(collect_at=2)
+    fit(make_trainer, counts)
+    assert counts.counts[:3] == [0, 0, 0]  # a full collection at the end of batch 2, frozen right after it
+    assert min(counts.counts[3:]) > 10_000  # torch's modules and all else alive then
     assert gc.get_freeze_count() == 0
 
 
-def test_a_fit_that_runs_past_settling_freezes_the_heap_and_unfreezes_it_at_the_end(make_trainer, settle_quickly):
-    counts = FreezeCounts(pause_s=0.02)
-    make_trainer(max_steps=20, callbacks=[counts]).fit(TinyClassifier(), make_loader(64, batch_size=4))
-    assert counts.counts[0] == 0
-    assert counts.counts[-1] > 10_000  # torch's modules and everything else alive at that point
-    assert gc.get_freeze_count() == 0
+def test_a_fit_without_a_full_collection_leaves_the_heap_alone(make_trainer):
+    counts = FreezeCounts()
+    fit(make_trainer, counts)
+    assert counts.counts == [0] * 8
 
 
-def test_garbage_made_before_the_fit_is_collected_not_frozen(make_trainer, settle_quickly):
-    gc.disable()  # only the freezer's own collection may find the cycle
+def test_with_the_collector_off_the_heap_is_left_alone(make_trainer):
+    counts = FreezeCounts(collect_at=2)
+    gc.disable()
     try:
-        garbage = Cycle()
-        gone = weakref.ref(garbage)
-        del garbage
-        counts = FreezeCounts(pause_s=0.02)
-        make_trainer(max_steps=20, callbacks=[counts]).fit(TinyClassifier(), make_loader(64, batch_size=4))
+        fit(make_trainer, counts)
     finally:
         gc.enable()
-    assert counts.counts[-1] == 0  # with the collector off the heap is left alone ...
-    assert gone() is not None  # ... and so is the garbage
-
-    garbage = Cycle()
-    gone = weakref.ref(garbage)
-    del garbage
-    gc.collect(0)  # the cycle is now in an older generation, as long-lived garbage is
-    counts = FreezeCounts(pause_s=0.02)
-    make_trainer(max_steps=20, callbacks=[counts]).fit(TinyClassifier(), make_loader(64, batch_size=4))
-    assert counts.counts[-1] > 0
-    assert gone() is None
+    assert counts.counts == [0] * 8
 
 
-def test_a_short_fit_never_collects_or_freezes(make_trainer, settle_quickly):
-    counts = FreezeCounts(pause_s=0.0)
-    make_trainer(max_steps=5, callbacks=[counts]).fit(TinyClassifier(), make_loader(64, batch_size=4))
-    assert counts.counts == [0] * 5
-
-
-def test_objects_the_program_froze_itself_stay_frozen(make_trainer, settle_quickly):
+def test_objects_the_program_froze_itself_stay_frozen(make_trainer):
     gc.freeze()
     try:
         before = gc.get_freeze_count()
-        counts = FreezeCounts(pause_s=0.02)
-        make_trainer(max_steps=20, callbacks=[counts]).fit(TinyClassifier(), make_loader(64, batch_size=4))
-        # not unfrozen (the count would drop to 0), nothing added (the fit made thousands of objects);
+        counts = FreezeCounts(collect_at=2)
+        fit(make_trainer, counts)
+        # not unfrozen (the count would drop to 0) and nothing added (the fit's objects would be);
         # a frozen object can still be freed by its refcount
-        assert before - 100 <= counts.counts[-1] <= before
-        assert before - 100 <= gc.get_freeze_count() <= before
+        assert before // 2 < counts.counts[-1] <= before
+        assert before // 2 < gc.get_freeze_count() <= before
     finally:
         gc.unfreeze()
+
+
+def test_a_fit_stops_watching_collections_when_it_ends(make_trainer):
+    callbacks = len(gc.callbacks)
+    fit(make_trainer, FreezeCounts())
+    assert len(gc.callbacks) == callbacks
