@@ -29,7 +29,7 @@ def screen() -> str:
 
 def test_demo_in_a_real_terminal_pauses_on_p_and_survives_the_terminal_closing(env: dict[str, str]) -> None:
     command = (f"cd {Path.cwd()} && TRAINDECK_SOCKET_DIR={env['TRAINDECK_SOCKET_DIR']} {sys.executable} -m tui.cli "
-               "demo --name tdemo --max-steps 100000 --n-train 512")
+               "demo --name tdemo --max-steps 100000 --max-epochs 100000 --n-train 512")
     tmux("new-session", "-d", "-s", "demo", "-x", "100", "-y", "30", command)
     run_dir = Path("runs/tdemo")
     try:
