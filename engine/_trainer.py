@@ -449,7 +449,7 @@ class Trainer(TrainerCheckpoints):
             self._heap.maybe_freeze()
             if self._publisher.due():
                 self._publish_metrics()
-                self._controller.progress()
+            self._controller.progress()  # its own interval: an epoch's end flush must not keep it waiting
             if self._should_validate(batch_idx):
                 self._run_validation()
             if self._controller.due(self.loop.total_batches):

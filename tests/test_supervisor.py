@@ -266,14 +266,16 @@ def test_a_client_gets_a_snapshot_then_live_metrics_logs_state_and_telemetry(env
 
 def test_a_client_attaching_again_sees_every_step_logged_while_it_was_away(env: dict[str, str]) -> None:
     run_dir = start("gapless", "--max-steps", "100000", "--sleep", "0.005", "--log-every", "1")
-    record = wait_running(run_dir)
-    with Client(record["socket"], name="first") as client:
-        first = client.subscribe(["metrics"])["history"]["train/loss"]
-    time.sleep(2.0)
-    with Client(record["socket"], name="second") as client:
-        history = client.subscribe(["metrics"])["history"]["train/loss"]
-    ctl("gapless", "stop", "--no-checkpoint")
-    wait_state(run_dir, TERMINAL)
+    try:
+        record = wait_running(run_dir)
+        with Client(record["socket"], name="first") as client:
+            first = wait_for(lambda: client.subscribe(["metrics"])["history"].get("train/loss"), 30, "the first losses")
+        time.sleep(2.0)
+        with Client(record["socket"], name="second") as client:
+            history = client.subscribe(["metrics"])["history"]["train/loss"]
+    finally:  # never leave the job running, also when the test fails
+        ctl("gapless", "stop", "--no-checkpoint", check=False)
+        wait_state(run_dir, TERMINAL)
     buckets, recent = history["buckets"], history["recent"]
     assert buckets[0][0] == 0 and recent[-1][0] > first["recent"][-1][0] + 50
     covered = sorted({step for b in buckets for step in range(b[0], b[1] + 1)} | {p[0] for p in recent})
