@@ -77,7 +77,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 SCRIPT = Path(__file__).resolve()
 REPO = SCRIPT.parent.parent
@@ -808,6 +808,31 @@ def judge(main: tuple[float, float, float, int], aa: tuple[float, float, float, 
     return "not resolved by this run (the 95% interval contains 1.02)"
 
 
+def print_ratios(turns: list[dict[str, Any]], keys: Sequence[tuple[str, str]],
+                 rows: list[tuple[str, str, set[str], set[str]]], trimmed: tuple[set[str], set[str]],
+                 names: list[str], unit: str) -> tuple[dict[str, dict[str, tuple]], dict[str, tuple]]:
+    """The ratio lines of a turn-taking table (bench/ddp_overhead.py prints its own with it too): every row
+    (name, label, numerator groups, denominator groups) whose groups ran ("both" always), the trimmed row of
+    ``trimmed`` (numerator, denominator), and each ``unit``'s wall time against its rounds' mean.
+    Returns the rows' ratios by name and the trimmed ones, each by key of ``keys``."""
+    present = {t["group"] for t in turns}
+    print("    ratio: time (or CPU) per step over all the turns, paired by round [95% bootstrap interval: process "
+          "sets, then rounds]")
+    print(f"    {'':<18}" + "".join(f"{label:<24}" for _, label in keys))
+    ratios: dict[str, dict[str, tuple]] = {}
+    for name, label, num, den in rows:
+        if name in present or name == "both":
+            ratios[name] = {key: paired_ratio(turns, num, den, key) for key, _ in keys}
+            print(f"    {label:<18}" + "".join(f"{interval(ratios[name][key]):<24}" for key, _ in keys))
+    typical = {key: paired_ratio(turns, *trimmed, key, trim=TRIM) for key, _ in keys}
+    print(f"    {f'  {TRIM:.0%}-trimmed':<18}" + "".join(f"{interval(typical[key]):<24}" for key, _ in keys))
+    deviations = per_process(turns, "wall")
+    print(f"    each {unit}'s wall time vs its rounds' mean: " + "; ".join(
+        f"{name} " + " ".join(f"{v:.3f}" for (g, _), v in sorted(deviations.items(), key=lambda kv: str(kv[0]))
+                              if g == name) for name in names))
+    return ratios, typical
+
+
 def ratio_table(main: list[dict[str, Any]]) -> dict[str, Any]:
     """Print section 1's table for the K=2 turns ``main``; returns its ratios."""
     present = {t["group"] for t in main}
@@ -824,24 +849,11 @@ def ratio_table(main: list[dict[str, Any]]) -> dict[str, Any]:
               + f"{sum(t['cpu_slow'] for t in slow) / sum(t['cpu_total'] for t in slow) * 100:>10.1f}%"
               + f"{(medians[0] - medians[1]) * 1e6:>12.0f}"
               + f"{sum(t.get('waits', 0) for t in mine) / max(1, sum(t['steps'] for t in mine)):>11.3f}")
-    print("    ratio: time (or CPU) per step over all the turns, paired by round [95% bootstrap interval: process "
-          "sets, then rounds]")
-    print(f"    {'':<18}" + "".join(f"{label:<24}" for _, label in KEYS))
-    ratios: dict[str, dict[str, tuple]] = {}
     rows = [("plain'", "plain' / plain", {"plain'"}, {"plain"}),
             ("supervised", "sup / plain", {"supervised"}, {"plain"})]
     if "plain'" in present:
         rows.append(("both", "sup / both plain", {"supervised"}, {"plain", "plain'"}))
-    for name, label, num, den in rows:
-        if name in present or name == "both":
-            ratios[name] = {key: paired_ratio(main, num, den, key) for key, _ in KEYS}
-            print(f"    {label:<18}" + "".join(f"{interval(ratios[name][key]):<24}" for key, _ in KEYS))
-    typical = {key: paired_ratio(main, {"supervised"}, {"plain", "plain'"}, key, trim=TRIM) for key, _ in KEYS}
-    print(f"    {f'  {TRIM:.0%}-trimmed':<18}" + "".join(f"{interval(typical[key]):<24}" for key, _ in KEYS))
-    deviations = per_process(main, "wall")
-    print("    each process's wall time vs its rounds' mean: " + "; ".join(
-        f"{name} " + " ".join(f"{v:.3f}" for (g, _), v in sorted(deviations.items(), key=lambda kv: str(kv[0]))
-                              if g == name) for name in names))
+    ratios, typical = print_ratios(main, KEYS, rows, ({"supervised"}, {"plain", "plain'"}), names, "process")
     others = [t["others"] for t in main]
     rate = {name: sum(t["preempted"] for t in main if t["group"] == name)
             / sum(t["end"] - t["begin"] for t in main if t["group"] == name) for name in names}

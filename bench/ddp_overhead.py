@@ -495,7 +495,7 @@ def judge(main: tuple[float, float, float, int], aa: tuple[float, float, float, 
 
 def ratio_table(turns: list[dict[str, Any]]) -> dict[str, Any]:
     """Print 1's table for ``turns``; returns its ratios."""
-    from control import TRIM, interval, paired_ratio, pct, per_process
+    from control import pct, print_ratios
 
     present = {t["group"] for t in turns}
     names = [g for g in CONTENDERS if g in present]
@@ -509,24 +509,10 @@ def ratio_table(turns: list[dict[str, Any]]) -> dict[str, Any]:
         print(f"    {name:<8}" + "".join(f"{m * 1e6:>{w}.0f}" for m, w in zip(medians, widths))
               + f"{statistics.median(t['steps'] for t in mine):>8.0f}"
               + f"{statistics.median(t['steps1'] for t in mine):>8.0f}")
-    print("    ratio: time (or CPU) per step over all the turns, paired by round [95% bootstrap interval: process "
-          "sets, then rounds]")
-    print(f"    {'':<18}" + "".join(f"{label:<24}" for _, label in KEYS))
     rows = [("raw'", "raw' / raw (A/A)", {"raw'"}, {"raw"}), ("ours", "ours / raw", {"ours"}, {"raw"})]
     if "raw'" in present:
         rows.append(("both", "ours / both raw", {"ours"}, {"raw", "raw'"}))
-    ratios: dict[str, dict[str, tuple]] = {}
-    for name, label, num, den in rows:
-        if name in present or name == "both":
-            ratios[name] = {key: paired_ratio(turns, num, den, key) for key, _ in KEYS}
-            print(f"    {label:<18}" + "".join(f"{interval(ratios[name][key]):<24}" for key, _ in KEYS))
-    base = {"raw", "raw'"} & present
-    typical = {key: paired_ratio(turns, {"ours"}, base, key, trim=TRIM) for key, _ in KEYS}
-    print(f"    {f'  {TRIM:.0%}-trimmed':<18}" + "".join(f"{interval(typical[key]):<24}" for key, _ in KEYS))
-    deviations = per_process(turns, "wall")
-    print("    each group's wall time vs its rounds' mean: " + "; ".join(
-        f"{name} " + " ".join(f"{v:.3f}" for (g, _), v in sorted(deviations.items(), key=lambda kv: str(kv[0]))
-                              if g == name) for name in names))
+    ratios, typical = print_ratios(turns, KEYS, rows, ({"ours"}, {"raw", "raw'"} & present), names, "group")
     others = [t["others"] for t in turns]
     print(f"    other work on the machine during the turns: median {statistics.median(others):.2f} CPUs, "
           f"p90 {pct(others, 0.9):.2f}")
