@@ -2,10 +2,10 @@
 decision that every rank applies at the same step.
 
 At a control point rank 0 takes the commands its supervisor forwarded and refuses the bad
-ones; one all-reduce on the gloo control group merges everyone's flags (and rank 0's "I
+ones; one all-gather on the gloo control group merges everyone's flags (and rank 0's "I
 have commands"); only then are the commands themselves broadcast. Control points are
 spaced by time (``ControlPoint``); each is started at one batch and concluded at the
-next, so the all-reduce overlaps a step. ``agree_now`` adds whole agreements at fit start
+next, so the all-gather overlaps a step. ``agree_now`` adds whole agreements at fit start
 and at the end of every epoch and validation. A pause never waits inside a collective:
 paused ranks poll the rendezvous store, so it may outlast the process-group timeout. Without a supervisor and a group,
 ``due`` is always False and nothing here runs.

@@ -45,7 +45,7 @@ class HookDispatcher:
 
     def __call__(self, name: str, *args: Any) -> Any:
         """Module first, then callbacks (docs/hooks.md); returns the module's result."""
-        module_fn, cb_fns = self._targets(name)
+        module_fn, cb_fns = self._cache.get(name) or self._targets(name)
         result = module_fn(*args) if module_fn is not None else None
         for fn in cb_fns:
             fn(self._trainer, self._module, *args)
