@@ -328,8 +328,10 @@ class Controller:
 
     def progress(self, force: bool = False) -> None:
         """Tell the supervisor where this rank is, every ``PROGRESS_INTERVAL_S`` (or now)."""
+        if self.channel is None:
+            return
         now = time.monotonic()
-        if self.channel is None or (not force and now < self._next_progress):
+        if not force and now < self._next_progress:
             return
         trainer = self.trainer
         batches = trainer.loop.total_batches
