@@ -55,14 +55,25 @@ def choose_device(accelerator: str, devices: int | str | list[int], local_rank: 
     return DeviceChoice(torch.device("cpu"), reason)
 
 
+_CPU = torch.device("cpu")
+
+
 def move_to_device(batch: Any, device: torch.device) -> Any:
-    """Copy every tensor inside ``batch`` (nested lists/tuples/dicts) to ``device``."""
+    """Copy every tensor inside ``batch`` (nested lists/tuples/dicts) to ``device``.
+
+    It runs on every batch: a list or tuple's tensors are checked in place rather than
+    through a call each, and on CPU with ``is_cpu`` (``tensor.device`` builds an object).
+    """
+    cpu = device == _CPU
     if isinstance(batch, torch.Tensor):
-        return batch if batch.device == device else batch.to(device, non_blocking=True)
+        there = batch.is_cpu if cpu else batch.device == device
+        return batch if there else batch.to(device, non_blocking=True)
     if isinstance(batch, dict):
         return type(batch)((k, move_to_device(v, device)) for k, v in batch.items())
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):
         return type(batch)(*(move_to_device(v, device) for v in batch))
     if isinstance(batch, (list, tuple)):
-        return type(batch)(move_to_device(v, device) for v in batch)
+        moved = [v if isinstance(v, torch.Tensor) and (v.is_cpu if cpu else v.device == device)
+                 else move_to_device(v, device) for v in batch]
+        return moved if type(batch) is list else type(batch)(moved)
     return batch

@@ -33,6 +33,7 @@ class Precision:
     def __init__(self, precision: str, device: torch.device) -> None:
         self.name = precision
         self.device = device
+        self.autocasts = precision != "32-true"
         self.scaler: torch.amp.GradScaler | None = None
         if precision == "16-mixed":
             if device.type != "cuda":
@@ -51,7 +52,7 @@ class Precision:
         }[self.name]
 
     def autocast(self) -> ContextManager[Any]:
-        if self.name == "32-true":
+        if not self.autocasts:
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.name == "bf16-mixed" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)

@@ -14,7 +14,7 @@ import itertools
 import math
 import time
 from pathlib import Path
-from typing import Any, ContextManager, Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -493,51 +493,56 @@ class Trainer(TrainerCheckpoints):
             self._announced_data = message
 
     def _train_batch(self, batch: Any, batch_idx: int) -> int | None:
-        module = self.module
         batch = move_to_device(batch, self._device)
         self._metrics.set_batch(batch)
         if self._hooks("on_train_batch_start", batch, batch_idx) == -1:
             return -1
-        if not module.automatic_optimization:
-            with self._precision.autocast():
-                outputs = self._step("training_step", batch, batch_idx)
+        if not self.module.automatic_optimization:
+            outputs = self._step("training_step", batch, batch_idx)
             self.loop.global_step += 1
             self._metrics.step = self.loop.global_step
             self._end_train_batch(outputs, batch, batch_idx)
             return None
         completes = (self.loop.accumulated + 1 == self.config.accumulate_grad_batches
                      or batch_idx + 1 == self._num_train_batches)
-        with self._gradient_sync(completes):
-            with self._precision.autocast():
-                outputs = self._step("training_step", batch, batch_idx)
-            loss = self._loss_from(outputs)
-            if self.config.on_nonfinite_loss == "skip" and not bool(torch.isfinite(loss)):
-                log.warning(f"non-finite loss at step {self.loop.global_step} (batch {batch_idx}); step skipped")
-                self._end_train_batch(outputs, batch, batch_idx)
-                return None
-            self._publisher.losses.append((self.loop.global_step, loss.detach()))
-            if self.config.accumulate_grad_batches > 1:
-                loss = loss / self.config.accumulate_grad_batches
-            self._hooks("on_before_backward", loss)
-            self._precision.backward(loss)
-        self._hooks("on_after_backward")
-        self.loop.accumulated += 1
-        if completes:
-            self._optimizer_step()
+        if self._ddp is None or completes:
+            outputs, backward_done = self._forward_backward(batch, batch_idx)
+        else:
+            with self._ddp.no_sync():  # inside an accumulation window: gradients are all-reduced once per step
+                outputs, backward_done = self._forward_backward(batch, batch_idx)
+        if backward_done:
+            self._hooks("on_after_backward")
+            self.loop.accumulated += 1
+            if completes:
+                self._optimizer_step()
         self._end_train_batch(outputs, batch, batch_idx)
         return None
 
-    def _step(self, name: str, *args: Any) -> Any:
-        """Run a Module step, through DDP's forward when distributed so its gradient hooks are armed."""
-        if self._ddp is not None:
-            return self._ddp(name, *args)
-        return getattr(self.module, name)(*args)
+    def _forward_backward(self, batch: Any, batch_idx: int) -> tuple[Any, bool]:
+        """``training_step`` and the backward of its loss; ``(outputs, False)`` when a non-finite loss is skipped."""
+        outputs = self._step("training_step", batch, batch_idx)
+        loss = self._loss_from(outputs)
+        if self.config.on_nonfinite_loss == "skip" and not bool(torch.isfinite(loss)):
+            log.warning(f"non-finite loss at step {self.loop.global_step} (batch {batch_idx}); step skipped")
+            return outputs, False
+        self._publisher.losses.append((self.loop.global_step, loss.detach()))
+        if self.config.accumulate_grad_batches > 1:
+            loss = loss / self.config.accumulate_grad_batches
+        self._hooks("on_before_backward", loss)
+        self._precision.backward(loss)
+        return outputs, True
 
-    def _gradient_sync(self, completes_window: bool) -> ContextManager[Any]:
-        """DDP's no_sync() inside an accumulation window: gradients are all-reduced once per step."""
-        if self._ddp is None or completes_window:
-            return contextlib.nullcontext()
-        return self._ddp.no_sync()
+    def _step(self, name: str, *args: Any) -> Any:
+        """Run a Module step under the precision's autocast, through DDP's forward when distributed so
+        its gradient hooks are armed."""
+        if self._ddp is not None:
+            step, args = self._ddp, (name, *args)
+        else:
+            step = getattr(self.module, name)
+        if not self._precision.autocasts:
+            return step(*args)
+        with self._precision.autocast():
+            return step(*args)
 
     def _end_train_batch(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Count the batch as done before on_train_batch_end, so a checkpoint saved there resumes after it."""
@@ -564,18 +569,16 @@ class Trainer(TrainerCheckpoints):
         optimizer = self.optimizers[0]
         self._precision.unscale(optimizer)
         self._hooks("on_before_optimizer_step", optimizer)
-        self._clip_gradients(optimizer)
+        if self.config.gradient_clip_val is not None:
+            clip_gradients(optimizer, self.config.gradient_clip_val, self.config.gradient_clip_algorithm)
         self._precision.step(optimizer)
         self._hooks("on_before_zero_grad", optimizer)
         optimizer.zero_grad(set_to_none=True)
         self.loop.accumulated = 0
         self.loop.global_step += 1
         self._metrics.step = self.loop.global_step
-        self._step_schedulers("step")
-
-    def _clip_gradients(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.config.gradient_clip_val is not None:
-            clip_gradients(optimizer, self.config.gradient_clip_val, self.config.gradient_clip_algorithm)
+        if self.lr_scheduler_configs:
+            self._step_schedulers("step")
 
     def _step_schedulers(self, interval: str) -> None:
         counter = self.loop.global_step if interval == "step" else self.loop.epoch + 1
