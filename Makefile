@@ -29,6 +29,7 @@ bench: venv
 	$(PY) bench/overhead.py
 	$(PY) bench/checkpoint.py
 	$(PY) bench/ddp_overhead.py
+	if command -v valgrind >/dev/null; then $(PY) bench/ddp_instructions.py; else echo "bench/ddp_instructions.py skipped: needs valgrind"; fi
 	$(PY) bench/control.py
 	$(PY) bench/telemetry.py
 	$(PY) bench/tui.py
