@@ -49,7 +49,7 @@ HOLD_OFF = 1e6  # seconds: the clock-scheduled intervals in the window of "ours"
 # -- worker (one rank) ------------------------------------------------------------------
 
 def job(model: str) -> tuple[Any, Any, int, Any]:
-    """(network factory, loss function, batch size, dataset of (skip + steps + 20) batches per rank)."""
+    """(network factory, loss function, batch size, a function making the dataset of n batches per rank)."""
     import torch
     from torch import nn
     from torch.utils.data import TensorDataset
