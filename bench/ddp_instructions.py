@@ -55,7 +55,7 @@ def job(model: str) -> tuple[Any, Any, int, Any]:
     from torch.utils.data import TensorDataset
 
     sys.path.insert(0, str(SCRIPT.parent))
-    from overhead import make_net
+    from ddp_overhead import BATCH, make_dataset, make_net
 
     if model == "null":
         def null_net() -> nn.Module:
@@ -66,13 +66,7 @@ def job(model: str) -> tuple[Any, Any, int, Any]:
             return ((out - y) ** 2).mean()
 
         return null_net, mse, 4, lambda n: TensorDataset(torch.randn(n * 4 * 2, 2), torch.randn(n * 4 * 2, 1))
-
-    def dataset(n: int) -> Any:
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(n * 64 * 2, 32, generator=g)
-        return TensorDataset(x, (x[:, 0] > 0).long())
-
-    return make_net, nn.functional.cross_entropy, 64, dataset
+    return make_net, nn.functional.cross_entropy, BATCH, lambda n: make_dataset(n, 2)
 
 
 def collect(on: bool) -> None:
@@ -135,12 +129,7 @@ def run_ours(make: Any, loss_fn: Any, batch: int, data: Any, first: int, last: i
     events = {"agreements": 0, "flushes": 0}
     if not clock:  # hold the clock-scheduled work off (see the module docstring)
         engine._publish.FLUSH_INTERVAL_S = HOLD_OFF
-        point_init = engine._distributed.ControlPoint.__init__
-
-        def held_off(self: Any, group: Any, rank: int, interval_s: float = 0.1) -> None:
-            point_init(self, group, rank, HOLD_OFF)
-
-        engine._distributed.ControlPoint.__init__ = held_off  # type: ignore[method-assign]
+        engine._distributed.ControlPoint.__init__.__defaults__ = (HOLD_OFF,)  # its interval_s
     start, flush = engine._distributed.ControlPoint.start, engine._publish.MetricPublisher.flush
 
     def counted_start(self: Any, *a: Any) -> None:
